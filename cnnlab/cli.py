@@ -6,6 +6,7 @@ paragraph on stderr and exits with code 2 (with the traceback only under ``--deb
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -2396,8 +2397,20 @@ def _end_rank(code) -> None:
     os._exit(code or 0)
 
 
+def _tolerant_stdout() -> None:
+    """Text the output's encoding cannot hold is written escaped (``caf\\xe9``), as Python writes it to stderr,
+    instead of failing: under PYTHONIOENCODING=ascii (or a terminal in another code page) a class or folder
+    named with an accent ended `eval`, `predict` and `runs` with an internal error, and a finished training run
+    with exit 1 at its last line."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):  # a closed or detached stream: nothing will be written
+            reconfigure(errors="backslashreplace")
+
+
 def _main(argv: Optional[list[str]]) -> None:
     _forget_earlier_signals()
+    _tolerant_stdout()
     try:
         args = expand_home(sys.argv[1:] if argv is None else argv)
         refuse_empty_paths(args)

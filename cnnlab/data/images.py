@@ -437,13 +437,14 @@ def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[i
     columns = _box(left, out_width, new_width)
     # Each chunk's crops are written into the result: the whole set is held once, beside one chunk resized and
     # cropped (at most RESIZE_CHUNK_BYTES resized), not as a list of crops and their concatenation as well.
-    resized_bytes = images.shape[-3] * new_height * new_width * images.element_size()  # one image resized
+    batch = images.reshape(-1, *images.shape[-3:])  # (N, C, H, W), whatever leads the image's (C, H, W)
+    resized_bytes = batch.shape[1] * new_height * new_width * images.element_size()  # one image resized
     step = max(1, min(chunk, RESIZE_CHUNK_BYTES // max(resized_bytes, 1)))
-    result = images.new_empty((len(images), images.shape[-3], out_height, out_width))
-    for start in range(0, len(images), step):
-        part = resize_uint8(images[start : start + step], (new_height, new_width))
+    result = batch.new_empty((len(batch), batch.shape[1], out_height, out_width))
+    for start in range(0, len(batch), step):
+        part = resize_uint8(batch[start : start + step], (new_height, new_width))
         result[start : start + step] = part.index_select(-2, rows).index_select(-1, columns)
-    return result
+    return result.reshape(*images.shape[:-2], out_height, out_width)
 
 
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

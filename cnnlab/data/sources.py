@@ -1515,6 +1515,21 @@ def apply_subsets(dataset: DataSet, config: DataConfig) -> DataSet:
 # entry point
 
 FASHION_KINDS = ("fashion-mnist", "fashion_mnist", "fashionmnist")
+
+
+def spec_key(spec: str) -> tuple[str, str]:
+    """(kind, rest) of a data spec as :func:`load_source` reads it, for telling whether two specs name one data
+    set: the kind without case or spaces and in one spelling (``Digits``, ``fashion_mnist``, ``cifar-10``), a
+    folder's or CSV's path resolved, synthetic's options without spaces."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind in FASHION_KINDS:
+        kind = FASHION_KINDS[0]
+    elif kind in cifar.CIFAR_KINDS:
+        kind = cifar.CIFAR_KINDS[kind].spec
+    if kind in ("folder", "csv") and rest.strip():
+        return kind, str(Path(rest.strip()).expanduser().resolve())
+    return kind, rest.replace(" ", "").lower() if kind.startswith("cifar") else rest.replace(" ", "")
 DATA_DIR_KINDS = (*FASHION_KINDS, *cifar.CIFAR_KINDS)  # the sources whose files data.data_dir locates
 SPEC_FORMS = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv:FILE or synthetic[:KEY=N,...]"
 

@@ -234,7 +234,10 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     for member in members[1:]:
         check_same_split(first, member, spec, split)
     rows, member_log_probs, labels, notes = [], [], None, set()
-    others = sorted({m.config.data.spec for m in members[1:]} - {spec}) if data is None else []
+    from cnnlab.data.sources import spec_key
+
+    others = sorted({m.config.data.spec for m in members[1:] if spec_key(m.config.data.spec) != spec_key(spec)}
+                    if data is None else [])
     if others:  # the result follows the order of the members: said, not left to the header's data name
         notes.add(f"members were trained on other data ({', '.join(others)}): every member is evaluated on the "
                   f"first member's, {spec}; --data names the data to evaluate on")

@@ -437,6 +437,17 @@ def check_run_folder(run_dir: Path, bytes_needed: int) -> None:
     check_output_folder(run_dir, "The run folder", bytes_needed=bytes_needed, create=True)
 
 
+def refuse_other_channels(config: RunConfig) -> None:
+    """Refuse a data.channels other than the model spec's in_chans: the data follows the model's channels
+    (:func:`build_run`), so the run would train on in_chans channels and record a data.channels it did not use."""
+    given = config.model.options.get("in_chans")
+    if given is not None and config.data.channels is not None and given != config.data.channels:
+        raise CnnlabError(f"data.channels={config.data.channels} and the model's in_chans={given} disagree: the "
+                          f"model reads {counted(given, 'channel')} a pixel, and the data is converted to what it "
+                          "reads. Give one of them (the data follows in_chans when data.channels is left out), or "
+                          "the same number to both.")
+
+
 def build_run(config: RunConfig, device: torch.device, source: Optional[InitSource] = None):
     """Data, statistics, model (on ``device``) and resolved augmentation for a config: (dataset, stats, model, aug).
 
@@ -451,13 +462,6 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     from cnnlab.run import build_model, check_run_classes
 
     data_config = config.data
-    given = config.model.options.get("in_chans")
-    if given is not None and data_config.channels is not None and given != data_config.channels:
-        # the data follows the model's channels (below): data.channels would be recorded and not used
-        raise CnnlabError(f"data.channels={data_config.channels} and the model's in_chans={given} disagree: the "
-                          f"model reads {counted(given, 'channel')} a pixel, and the data is converted to what it "
-                          "reads. Give one of them (the data follows in_chans when data.channels is left out), or "
-                          "the same number to both.")
     if source is not None and data_config.image_size is None and source.image_size is not None:
         data_config = replace(data_config, image_size=source.image_size)
     dataset = load_source(data_config)
@@ -563,6 +567,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     seed_everything(t.seed, deterministic)
     choose_cudnn_algorithms(device, deterministic)
     autocast_dtype = resolve_precision(t.precision, device)
+    if load_init:  # a resumed run (load_init=False) trained as recorded, before this was refused
+        refuse_other_channels(config)
     source = (read_init_source(config.model.init_from, config.model.name, ema=config.model.init_ema)
               if config.model.init_from and load_init else None)
     dataset, stats, model, aug = build_run(config, device, source)

@@ -917,13 +917,15 @@ class _Heartbeat:
 
 def _trial_folder(out: str | Path, recorded: Optional[str]) -> Optional[str]:
     """The run folder a trial recorded, found by its name in the search folder ``out`` (the recorded path is
-    relative to the working folder of the process that ran the trial); None for a trial that never started or
-    left none (its set-up failed: a batch larger than the data), so that results.csv names no folder that is
-    not there."""
-    if not recorded:
-        return None
-    folder = Path(out) / SEARCH_TRIALS_DIR / Path(recorded).name
-    return str(folder) if folder.is_dir() else None
+    relative to the working folder of the process that ran the trial); None for a trial that never started."""
+    return str(Path(out) / SEARCH_TRIALS_DIR / Path(recorded).name) if recorded else None
+
+
+def _listed_folder(out: str | Path, recorded: Optional[str]) -> Optional[str]:
+    """:func:`_trial_folder` where it is there; None for a trial that left none (its set-up failed: a batch
+    larger than the data), so that results.csv names no folder that is not there."""
+    folder = _trial_folder(out, recorded)
+    return folder if folder is not None and Path(folder).is_dir() else None
 
 
 def trial_run_dir(out: str | Path, study_name: str, number: int) -> Path:
@@ -1430,7 +1432,8 @@ def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = Fal
     value: a ``train.device`` it lacks, a ``train.precision`` that device cannot run, a ``train.threads``
     the operating system cannot start, a ``model.init_from`` that cannot be read (nor its EMA weights, when
     ``model.init_ema`` is true or a searched choice); a searched builder option
-    the model does not take (:func:`check_searched_options`). Then a ``num_classes``
+    the model does not take (:func:`check_searched_options`); a ``data.channels`` other than the model
+    spec's ``in_chans``. Then a ``num_classes``
     in the model options other than the data's class count, or fewer training images than the smallest
     batch a trial can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid).
     Each trial would otherwise fail alike, one after another.
@@ -1440,11 +1443,13 @@ def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = Fal
     """
     from cnnlab.config import check_thread_setting
     from cnnlab.devices import resolve_device
-    from cnnlab.train.engine import resolve_precision
+    from cnnlab.train.engine import refuse_other_channels, resolve_precision
     from cnnlab.train.init_from import read_init_source
 
     if "model.name" not in params:
         check_searched_options(base, params)
+    if not any(key in params for key in ("model.options.in_chans", "data.channels")):
+        refuse_other_channels(base)
     # Each raises the CnnlabError `cnnlab train` would, naming the key and what to do.
     device = None if "train.device" in params else resolve_device(base.train.device)
     if device is not None and "train.precision" not in params:
@@ -1697,7 +1702,7 @@ def collect_results(study, out: str | Path) -> SearchResults:
                      "epochs": max(trial.intermediate_values, default=None), "seconds": seconds,
                      # a queued (WAITING) trial has no params yet: those it will run with are Optuna's fixed_params
                      "params": dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {})),
-                     "run_dir": _trial_folder(out, trial.user_attrs.get("run_dir")),
+                     "run_dir": _listed_folder(out, trial.user_attrs.get("run_dir")),
                      "error": trial.user_attrs.get("error") or (given_up_error(trial) if trial.number in given_up
                                                                 else None)})
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}

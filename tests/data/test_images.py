@@ -620,3 +620,16 @@ def test_a_heic_photo_named_on_purpose_is_a_picture_in_a_format_not_read(tmp_pat
     with pytest.raises(images.UnreadableImage, match=r"a \.HEIC picture, a format cnnlab does not read; save it as "
                                                      r"PNG or JPEG"):
         images.read_image(path)
+
+
+def test_resizing_takes_one_image_or_batches_with_more_leading_dimensions_as_before():
+    """The resize writes its chunks into one (N, C, H, W) result: one image (C, H, W) and a batch of batches keep
+    their own leading dimensions, with each image's pixels as resized alone."""
+    x = torch.randint(0, 256, (2, 5, 3, 20, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert images.resize_square(x[0, 0], 16).shape == (3, 16, 16)
+    assert images.resize_and_crop(x[0, 0], (16, 24), (16, 16)).shape == (3, 16, 16)
+    both = images.resize_square(x, 16)
+    assert both.shape == (2, 5, 3, 16, 16)
+    assert torch.equal(both[1, 3], images.resize_square(x[1, 3], 16))
+    assert torch.equal(both[1], images.resize_square(x[1], 16))
+    assert images.resize_square(x[0, :0], 16).shape == (0, 3, 16, 16)  # no images: none resized

@@ -451,6 +451,24 @@ def test_ensemble_of_members_trained_on_other_data_says_whose_data_it_reads(runs
     assert any(n.startswith(note) for n in json.loads(out)["notes"]), out
     code, out, err = cli(["ensemble", first, other, "--data", DATA, "--json"])  # the data named: nothing to say
     assert code == 0 and not any("trained on other data" in n for n in json.loads(out)["notes"]), out
+    # the same data written another way is no other data
+    spelled = str(train_run(tmp_path / "spelled", f"data.spec={DATA.replace('synthetic:', 'Synthetic: ')}",
+                            "train.epochs=1"))
+    capsys.readouterr()
+    code, out, err = cli(["ensemble", first, spelled, "--json"])
+    assert code == 0 and not any("trained on other data" in n for n in json.loads(out)["notes"]), out
+
+
+def test_a_spec_key_is_the_data_a_spec_names_however_it_is_written(tmp_path):
+    from cnnlab.data.sources import spec_key
+
+    (tmp_path / "imgs").mkdir()
+    assert spec_key("Digits") == spec_key(" digits") != spec_key("fashion-mnist")
+    assert spec_key("fashion_mnist") == spec_key("FashionMNIST") == spec_key("fashion-mnist")
+    assert spec_key("cifar-10") == spec_key("CIFAR10") != spec_key("cifar100")
+    assert spec_key("cifar100:Coarse") == spec_key("cifar-100:coarse") != spec_key("cifar100")
+    assert spec_key(f"folder: {tmp_path / 'imgs'}") == spec_key(f"folder:{tmp_path}/./imgs")
+    assert spec_key("synthetic:classes = 3") == spec_key("synthetic:classes=3") != spec_key("synthetic:classes=4")
 
 
 def test_ensemble_refuses_a_member_named_twice(runs, tmp_path, cli):

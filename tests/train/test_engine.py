@@ -1277,3 +1277,26 @@ def test_data_channels_that_disagree_with_the_models_in_chans_are_refused(cli, t
     code, _, err = cli([*args, "--model", "resnet8,in_chans=1", "--set", "data.channels=1",
                         "--out", str(tmp_path / "b")])
     assert code == 0, err  # the same number to both
+
+
+def test_a_run_recorded_before_the_channels_refusal_still_resumes_and_a_search_refuses_it_up_front(tmp_path,
+                                                                                                 monkeypatch):
+    """Runs recorded with a data.channels other than in_chans trained on in_chans: their resume (which takes no
+    --set) is not refused. A search with that base config is refused before its first trial, not trial by trial."""
+    from cnnlab.run import RunFolder
+    from cnnlab.tune.search import check_trial_data
+
+    config = apply_overrides(RunConfig(), ["model.name=resnet8", "model.options.in_chans=1", "data.channels=3",
+                                           "data.spec=synthetic:classes=2,train=8,val=4,test=4", "train.epochs=2",
+                                           "train.batch_size=4", "log.quiet=true", "log.curves=false"])
+    with pytest.raises(CnnlabError, match="data.channels=3 and the model's in_chans=1 disagree"):
+        check_trial_data(config, {})
+    monkeypatch.setattr(engine, "refuse_other_channels", lambda config: None)  # as cnnlab trained before
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    assert engine.train(config, tmp_path / "run", on_epoch_end=stop).interrupted
+    monkeypatch.undo()
+    resumed = engine.train(RunFolder(tmp_path / "run").read_config(), tmp_path / "run", resume=True)
+    assert resumed.final["epoch"] == 2

@@ -251,6 +251,18 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert all(Path(r["run_dir"]).is_dir() for r in results.rows if r["state"] == "COMPLETE")
 
 
+def test_a_trial_queued_again_whose_folder_was_never_written_starts_without_a_word(tmp_path):
+    """A trial stopped in its set-up wrote no folder, and is queued again with the folder it would have had: the
+    search that continues it found nothing to remove (results.csv names no folder for it, the retry still looks)."""
+    import types
+
+    settings = settings_for(tmp_path, trials=1)
+    stopped = types.SimpleNamespace(number=1, user_attrs={"run_dir": str(tmp_path / "gone" / "trials" / "s-0000")})
+    said = []
+    search._remove_earlier_attempt(stopped, settings, said.append)
+    assert said == []
+
+
 def test_the_search_leaves_the_callers_warning_filters_as_they_were(tmp_path):
     """Optuna's experimental-feature warnings are silenced while trials run, not for the program after."""
     import warnings
