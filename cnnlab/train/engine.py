@@ -115,6 +115,10 @@ def describe_checkpoint(where: dict) -> str:
 OUTPUT_CLOSED_MESSAGE = ("\nThe run's output was closed (the program reading it, such as tee or head, ended): stopping at "
                          "the end of this epoch, once its checkpoint is saved, as a Ctrl-C would.\n")
 OUTPUT_CLOSED_STATUS = "its output was closed: the program reading it ended"  # status.json's message
+# The same, when writing the output failed otherwise (OUTPUT_FAILED_MESSAGE.format(why="No space left on device"))
+OUTPUT_FAILED_MESSAGE = ("\nThe run's output could not be written ({why}): stopping at the end of this epoch, once its "
+                         "checkpoint is saved, as a Ctrl-C would.\n")
+OUTPUT_FAILED_STATUS = "its output could not be written: {why}"
 SIGTERM_STATUS = "SIGTERM: the process was asked to end"  # status.json's message of a run SIGTERM stopped
 
 
@@ -1890,7 +1894,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             if progress.output_closed and not stop.requested:
                 # `cnnlab train ... | tee log` and a Ctrl-C that also ended tee, or `| head`: stop as a Ctrl-C
                 # does, at this epoch's end once its checkpoint is saved (below), rather than lose the epoch
-                stop.request(OUTPUT_CLOSED_MESSAGE)
+                stop.request(OUTPUT_CLOSED_MESSAGE if progress.output_error is None
+                             else OUTPUT_FAILED_MESSAGE.format(why=progress.output_error))
             state.epoch_done(val_acc, t.early_stop_min_delta)
             new_best = val_acc > state.best["val_acc"]
             if new_best:
@@ -1954,7 +1959,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     if interrupted and stop.signum == signal.SIGTERM:
         why = SIGTERM_STATUS
     elif interrupted and progress is not None and progress.output_closed:
-        why = OUTPUT_CLOSED_STATUS
+        why = (OUTPUT_CLOSED_STATUS if progress.output_error is None
+               else OUTPUT_FAILED_STATUS.format(why=progress.output_error))
     elif not interrupted and stopped_early:
         why = stopped_early  # finished, before train.epochs: said in status.json and report.txt
     status.write("interrupted" if interrupted else "finished", state.epoch, why)

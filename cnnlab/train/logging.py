@@ -611,6 +611,8 @@ class Progress:
         # stdout was closed under the run (the program reading it, tee or head, ended): nothing more is shown,
         # and the engine stops the run at the epoch's end with its checkpoint saved (see _print)
         self.output_closed = False
+        # why the output could not be written, when that was not a closed pipe (a full disk under a log file)
+        self.output_error: str | None = None
         if enabled:
             if self._console is None:
                 from rich.console import Console
@@ -669,6 +671,9 @@ class Progress:
         try:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         except BrokenPipeError:
+            self._closed()
+        except OSError as err:  # stdout on a full disk (`> log` there): the run stops at the epoch's end as well
+            self.output_error = err.strerror or str(err)
             self._closed()
         except SystemExit as err:
             if not isinstance(err.__context__, BrokenPipeError):

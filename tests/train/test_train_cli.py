@@ -1,11 +1,12 @@
 """`cnnlab train` on the command line: a real run, resume, and bad input with exit code 2."""
 
 import json
+import os
 import re
 
 import pytest
 
-from cnnlab.run import RunFolder
+from cnnlab.run import CHECKPOINT_LAST, RunFolder
 from cnnlab.train.logging import read_metrics
 
 QUICK = ["--model", "lenet5", "--data", "synthetic:classes=3,train=96,val=24,test=24", "--epochs", "2",
@@ -337,6 +338,29 @@ def test_a_run_whose_output_is_closed_stops_with_its_checkpoint_as_after_ctrl_c(
 
     note = read_run(run).state_note  # says why, not "(Ctrl-C)"
     assert note.startswith(f"interrupted (its output was closed: the program reading it ended) after {done} of 40")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_run_whose_output_is_on_a_full_disk_stops_with_its_checkpoint_and_says_why(tmp_path):
+    """`cnnlab train ... > log` on a full disk: the epoch line's write failed with ENOSPC mid-epoch, before the
+    checkpoint, and status.json said failed at epoch 0 (`cnnlab runs`: the weights are gone). It stops as a closed
+    output does, at the epoch's end with its checkpoint saved, and says the disk's words."""
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "cnnlab", "train", *QUICK, "--out", str(run)], env=env,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert "output could not be written (No space left on device)" in done.stderr
+    assert f"continue with: cnnlab train --resume {run}" in done.stderr and "Traceback" not in done.stderr
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["epoch"] == 1
+    assert status["message"] == "its output could not be written: No space left on device"
+    assert (run / CHECKPOINT_LAST).is_file()
 
 
 def diverge_at_step_5(monkeypatch) -> None:
