@@ -58,8 +58,8 @@ import yaml
 
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, TooLongNumberError, apply_overrides, clear_preset_values,
                            config_differences, config_from_dict, config_to_dict, dump_yaml, notice, quiet_notes,
-                           read_error_text, record_key_problem, require_run_config, safe_load_unique, save_config,
-                           set_value, validate_config)
+                           read_error_text, record_key_problem, record_paths, require_run_config, safe_load_unique,
+                           save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import LINE_COLUMNS, distinct_texts, duration_text, note_lines
@@ -1731,7 +1731,8 @@ def write_results(results: SearchResults, space: dict[str, Param], base: RunConf
     paths = {"results": out / f"{prefix}results.csv"}
     write_text_atomic(paths["results"], buffer.getvalue(), "the search results")
     if results.best is not None:
-        best = apply_params(base, results.best["params"])
+        # its paths as the trials recorded them (absolute, and as typed), so that it trains from any folder
+        best = record_paths(apply_params(base, results.best["params"]))
         if epochs is not None:  # None: the best trial's searched train.epochs stands
             best.train.epochs = epochs
         paths["best"] = out / f"{prefix}best.yaml"

@@ -251,6 +251,25 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert all(Path(r["run_dir"]).is_dir() for r in results.rows if r["state"] == "COMPLETE")
 
 
+def test_best_yaml_records_the_data_path_as_the_trials_did(cli, tmp_path, monkeypatch):
+    """best.yaml kept --data folder:pics as typed, while every trial's config.yaml recorded where it led: trained
+    from another folder, it read nothing ('pics' does not exist). It records the path as a run does."""
+    from PIL import Image
+
+    for label in range(2):
+        (tmp_path / "pics" / f"c{label}").mkdir(parents=True)
+        for number in range(6):
+            Image.new("L", (8, 8), 40 + 150 * label + number).save(tmp_path / "pics" / f"c{label}" / f"{number}.png")
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}})
+    code, _, err = cli(["search", "--model", "lenet5", "--data", "folder:pics", "--set", "data.image_size=32",
+                        "--set", "train.batch_size=4", "--set", "log.curves=false", "--space", str(space),
+                        "--trials", "1", "--epochs", "1", "--out", "s"])
+    assert code == 0, err
+    best = load_config(tmp_path / "s" / "best.yaml")
+    assert best.data.spec == f"folder:{tmp_path / 'pics'}" and best.data.spec_typed == "folder:pics"
+
+
 def test_a_trial_queued_again_whose_folder_was_never_written_starts_without_a_word(tmp_path):
     """A trial stopped in its set-up wrote no folder, and is queued again with the folder it would have had: the
     search that continues it found nothing to remove (results.csv names no folder for it, the retry still looks)."""
