@@ -76,6 +76,25 @@ typer.core.TyperArgument.display_type_rich = _argument_type
 console = Console()
 if not console.is_terminal:
     console.width = 160  # piped or logged output: do not squeeze tables into 80 columns
+WIDEST_TABLE = 400  # characters: a table wider than this is fitted to it (a wide line wraps in the terminal)
+
+
+def print_table(table) -> None:
+    """Print a table at its natural width where the terminal is narrower: rich fitted it to the terminal, cutting
+    model names to "…" and splitting numbers over lines ("118,0" / "13,95" / "2") in 80 columns. A wider line
+    wraps in the terminal (or scrolls in `less -S`) with every name and number whole."""
+    natural = min(console.measure(table, options=console.options.update_width(WIDEST_TABLE)).maximum, WIDEST_TABLE)
+    if natural <= console.width:
+        console.print(table)
+        return
+    # print(width=) is capped at the console's own width: the console is widened for this table alone, and its
+    # own setting (None: the terminal's, read at each print) put back
+    kept = console._width
+    console.width = natural
+    try:
+        console.print(table)
+    finally:
+        console._width = kept
 _state = {"debug": False}
 
 
@@ -192,7 +211,7 @@ def models_cmd(
             f"{row['min_size']} exactly" if row["exact_size"] else str(row["min_size"]),
             row["torchvision"] or "",
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command("build")
@@ -385,7 +404,7 @@ def summary_cmd(
     if as_json:
         print(json.dumps(result.to_dict(depth, units), indent=2))
         return
-    console.print(summary_table(result, depth, units))
+    print_table(summary_table(result, depth, units))
     for line in totals_lines(result, units):
         console.print(line, highlight=False)
 
@@ -410,7 +429,7 @@ def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[in
         table.add_column(column, justify="right" if column == "params" else "left")
     for row in rows:
         table.add_row(row["stage"], Text(", ".join(row["modules"])), f"{row['params']:,}")
-    console.print(table)
+    print_table(table)
     console.print(f"model.freeze takes: {', '.join(freeze_choices(net))} (or none)", highlight=False)
 
 
@@ -461,7 +480,7 @@ def compare_cmd(
         table.add_row(row["model"], "x".join(map(str, row["input_size"])), human_count(row["params"]),
                       human_count(row[units]), human_bytes(row["activation_memory_bytes"]),
                       human_bytes(row["training_memory_bytes_sgd"]))
-    console.print(table)
+    print_table(table)
     if plot is not None:
         console.print(f"plot written to {plot}", markup=False)
 
@@ -536,7 +555,7 @@ def data_stats_cmd(
     for name, info in result["splits"].items():
         counts = info["per_class"]
         table.add_row(name, f"{info['images']:,}", f"{min(counts):,}", f"{max(counts):,}", "memory" if info["in_memory"] else "files")
-    console.print(table)
+    print_table(table)
     channel_names = ["R", "G", "B"] if dataset.channels == 3 else ["gray"]
     for label in ("mean", "std"):
         console.print(f"  {label:<5}" + "  ".join(f"{c} {v:.4f}" for c, v in zip(channel_names, result[label])))
@@ -717,7 +736,7 @@ def experiment_cmd(
         table.add_column(column)
     for check in result.checks:
         table.add_row(Text(check.claim), check.verdict, Text(check.margin))
-    console.print(table)
+    print_table(table)
     console.print(f"experiment {name} verdict: {result.verdict}", markup=False, highlight=False)
     pages = report_names(result.runs)
     console.print(f"table, plots, {counted(len(pages), 'comparison page')} and result.json in {result.meta['out']}"
@@ -835,7 +854,7 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
             # as many lines as the row has notes (one a line), at least CLAIM_LINES
             row[2] = _cut_lines(row[2], claim_width, max(CLAIM_LINES, len(row[1].splitlines())))
             table.add_row(*(Text(cell) for cell in row))
-        console.print(table)
+        print_table(table)
         say("cnnlab experiment list [names]... (or --long: all) gives the claim in full, the notes' quote, the verdict rule, "
             "what runs and each size.")
     say(f"note: {SIZES_NOTE}")
@@ -1389,7 +1408,7 @@ def check_cmd(
             if result.remedy:
                 console.print(f"   remedy: {result.remedy}", highlight=False)
         if layers:
-            console.print(_layer_table(results[1].details["layers"]))
+            print_table(_layer_table(results[1].details["layers"]))
         console.print(f"overall: [{VERDICT_STYLE[report['verdict']]}]{report['verdict']}[/]")
     if report["verdict"] == "FAIL":
         sys.exit(1)
@@ -1666,7 +1685,7 @@ def search_cmd(
                           "counts": results.counts, "best": results.best, "trials": results.rows,
                           "files": {k: str(v) for k, v in paths.items()}}, indent=2))
         return
-    console.print(_search_table(results, list(plan.space)))
+    print_table(_search_table(results, list(plan.space)))
     counts = ", ".join(f"{n} {state.lower()}" for state, n in results.counts.items())
     console.print(f"trials: {counts}")
     for name, path in paths.items():
@@ -1859,7 +1878,7 @@ def eval_cmd(
     for row in report["per_class"]:
         table.add_row(Text(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
-    console.print(table)
+    print_table(table)
     for name, path in report["files"].items():  # a tab or a byte that is not UTF-8 shown as \t, \xff
         console.print(f"{name:13s} {display_name(str(path))}", highlight=False, markup=False)
 
@@ -1918,7 +1937,7 @@ def ensemble_cmd(
                       *((f"{row['shift']} px",) if shifted else ()))
     table.add_row("[bold]ensemble[/]", f"{len(result['members'])} members", f"[bold]{result['ensemble']['top1']:.2%}[/]",
                   f"{result['ensemble']['loss']:.4f}", *(("",) if shifted else ()))
-    console.print(table)
+    print_table(table)
     console.print(f"gain over the best member: {result['gain_over_best_member'] * 100:+.2f} points", highlight=False)
     if "file" in result:
         console.print(f"report written to {result['file']}", markup=False, highlight=False)
@@ -2071,7 +2090,7 @@ def probe_cmd(
         cells = [f"{row['c']:g}", f"{row['train_acc']:.2%}", f"{row['val_acc']:.2%}",
                  str(row["iterations"]) + ("" if row["converged"] else " (not converged)")]
         table.add_row(*(f"[bold]{cell}[/]" if chosen else cell for cell in cells))
-    console.print(table)
+    print_table(table)
     test = "no test split" if result.test_acc is None else f"test {result.test_acc:.2%}"
     console.print(f"chosen C = {result.fit.c:g}: val {result.val_acc:.2%}, {test}  (fit {result.fit.seconds:.1f} s)",
                   highlight=False)
@@ -2150,7 +2169,7 @@ def transfer_cmd(
             val = "-" if row.val_mean is None else f"{row.val_mean:.2%}"
             seeds_text = str(row.runs) + (f" ({row.failed} diverged)" if row.failed else "")
             table.add_row(row.rung, result.rung_texts()[row.rung], accuracy, val, f"{row.seconds_mean:.1f}", seeds_text)
-        console.print(table)
+        print_table(table)
     for verdict in result.verdicts:
         winner = verdict.winner if verdict.winner != TIE else f"{TIE} ({', '.join(verdict.tied)})"
         line = f"{verdict.size:>6} per class: winner {winner}"
@@ -2233,7 +2252,7 @@ def runs_cmd(
         table.add_row(Text(row["name"]), Text(row["model"]), Text(row["data"]), row["epochs"],
                       _percent(row["best_val"]), test, _seconds(row["seconds"]), row["state"])
     if rows:
-        console.print(table)
+        print_table(table)
     for row in rows:  # results that describe weights the run no longer holds: which, and how to measure again
         if row["stale"]:
             names = ", ".join(item["result"] for item in row["stale"])

@@ -424,3 +424,27 @@ def test_names_an_ascii_output_cannot_hold_are_written_escaped_not_an_internal_e
                           capture_output=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert b"caf\\xe9" in done.stdout and b"internal error" not in done.stderr
+
+
+def test_a_table_wider_than_the_terminal_keeps_every_name_and_number_whole(monkeypatch):
+    """In an 80-column terminal rich fitted the tables to it: `cnnlab models` cut 14 names to "preact_res…" (which
+    then read alike) and `cnnlab summary resnet50` split 118,013,952 MACs over three lines as "118,0", "13,95",
+    "2". A table prints at its own width, and the terminal wraps the longer lines."""
+    import io
+
+    from rich.console import Console
+
+    import cnnlab.cli as cli_module
+
+    buffer = io.StringIO()
+    terminal = Console(width=80, file=buffer, force_terminal=True, color_system=None)
+    monkeypatch.setattr(cli_module, "console", terminal)
+    for args in (["models"], ["summary", "resnet50", "--depth", "2"]):
+        with pytest.raises(SystemExit) as done:
+            cli_module.main(args)
+            raise SystemExit(0)
+        assert done.value.code == 0
+    text = buffer.getvalue()
+    assert "preact_resnet1001 " in text and "…" not in text
+    assert "118,013,952" in text
+    assert terminal.width == 80  # the console is its own width again after each table
