@@ -586,6 +586,9 @@ def epoch_line(row: Mapping, total_epochs: int | None = None) -> str:
     return "  ".join(parts)
 
 
+NOT_YET = "-"  # a progress bar's loss, accuracy and speed before the epoch's first step
+
+
 class Progress:
     """Shows training progress: a rich bar per epoch on a terminal, one plain line per epoch otherwise.
 
@@ -637,8 +640,9 @@ class Progress:
         if self._task is not None:
             self._bar.remove_task(self._task)
         self._steps = steps
+        # no step yet: dashes, not "nan", which would read as a diverged loss
         self._task = self._bar.add_task(f"epoch {epoch + 1}/{total_epochs}", total=steps,
-                                        loss=loss_text(math.nan, 4), acc=math.nan, ips=math.nan)
+                                        loss=NOT_YET, acc=NOT_YET, ips=NOT_YET)
         self._last_update = -math.inf
         self._rendering = True
 
@@ -650,8 +654,8 @@ class Progress:
         if now - self._last_update < self.UPDATE_INTERVAL and step_in_epoch < self._steps:
             return
         self._last_update = now
-        self._bar.update(self._task, completed=step_in_epoch, loss=loss_text(loss, 4), acc=acc,
-                         ips=images_per_second)
+        self._bar.update(self._task, completed=step_in_epoch, loss=loss_text(loss, 4), acc=f"{acc:.1%}",
+                         ips=f"{images_per_second:,.0f}")
 
     def note(self, line: str) -> None:
         """Print a line between epochs (above the bar on a terminal)."""
@@ -721,7 +725,7 @@ class Progress:
             BarColumn(),
             MofNCompleteColumn(),
             # formatted only when the bar redraws (10 Hz), never per step; the loss comes as text (loss_text)
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]:.1%}  {task.fields[ips]:,.0f} img/s"),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[ips]} img/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),

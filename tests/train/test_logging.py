@@ -377,3 +377,20 @@ def test_final_report_mentions_best_epoch_and_files(tmp_path):
     # the step count takes its noun's number: "1 (1 step)", not "1 (1 steps)"
     assert "epochs          1 (1 step)\n" in final_report([make_row(1, step=1)], tmp_path)
     assert "epochs          2 (1,200 steps)\n" in final_report([make_row(1), make_row(2, step=1200)], tmp_path)
+
+
+def test_the_bar_shows_dashes_before_the_first_step_not_nan():
+    """On a terminal the bar read "loss nan  acc nan%  nan img/s" until its epoch's first step ended: a loss
+    of nan reads as a diverged run."""
+    from rich.progress import TextColumn
+
+    progress = Progress(console=Console(file=io.StringIO(), width=100, force_terminal=True))
+    progress.start_epoch(0, 2, steps=4)
+    try:
+        fields = next(c for c in progress._bar.columns if isinstance(c, TextColumn) and "loss" in c.text_format)
+        task = progress._bar.tasks[0]
+        assert str(fields.render(task)) == "loss -  acc -  - img/s"
+        progress.update(4, 0.5, 0.8, 4000.0)
+        assert str(fields.render(progress._bar.tasks[0])) == "loss 0.5000  acc 80.0%  4,000 img/s"
+    finally:
+        progress.close()
