@@ -73,9 +73,21 @@ typer.core.TyperOption.display_type_rich = _flag_type
 _typer_argument_type = typer.core.TyperArgument.display_type_rich
 typer.core.TyperArgument.display_type_rich = _argument_type
 
-console = Console()
-if not console.is_terminal:
-    console.width = 160  # piped or logged output: do not squeeze tables into 80 columns
+PIPED_WIDTH = 160  # characters: piped or logged output is not squeezed into 80 columns
+TERMINAL_WIDTH = 80  # characters: a terminal whose COLUMNS says 0 (rich then printed nothing at all)
+
+
+def make_console(**options) -> Console:
+    """The console commands print to: at its terminal's width, :data:`PIPED_WIDTH` when not a terminal."""
+    made = Console(**options)
+    if not made.is_terminal:
+        made.width = PIPED_WIDTH
+    elif made.width <= 0:
+        made.width = TERMINAL_WIDTH
+    return made
+
+
+console = make_console()
 WIDEST_TABLE = 400  # characters: a table wider than this is fitted to it (a wide line wraps in the terminal)
 
 

@@ -453,3 +453,17 @@ def test_a_table_wider_than_the_terminal_keeps_every_name_and_number_whole(monke
     assert "preact_resnet1001 " in text and "…" not in text
     assert "118,013,952" in text
     assert terminal.width == 80  # the console is its own width again after each table
+
+
+def test_a_terminal_whose_columns_say_0_still_gets_the_output(monkeypatch):
+    """COLUMNS=0 in a terminal made rich's width 0: every command printed nothing to stdout and exited 0."""
+    import io
+
+    from cnnlab.cli import PIPED_WIDTH, TERMINAL_WIDTH, make_console
+
+    monkeypatch.setenv("COLUMNS", "0")
+    terminal = make_console(file=io.StringIO(), force_terminal=True)
+    assert terminal.width == TERMINAL_WIDTH
+    terminal.print("epoch 1/2  train loss 0.412", highlight=False)
+    assert "epoch 1/2  train loss 0.412" in terminal.file.getvalue()
+    assert make_console(file=io.StringIO()).width == PIPED_WIDTH  # not a terminal
