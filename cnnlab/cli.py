@@ -251,10 +251,11 @@ def build_cmd(
     out_shape = check_input_size(net, size, model)
     import torch
 
+    from cnnlab.models._meta import shapes_on_meta
     from cnnlab.models.stages import classifier_names, forward_trunk
 
     net.eval()  # as check_input_size runs it: a batch of two in eval mode suits every norm
-    with torch.no_grad():
+    with torch.no_grad(), shapes_on_meta():
         features = forward_trunk(net, torch.zeros((2, *size), device="meta"))
     result = {
         "name": model,

@@ -12,7 +12,7 @@ import math
 import numbers
 import os
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
@@ -22,6 +22,7 @@ from cnnlab.errors import (CnnlabError, InputTooSmallError, counted, is_finite_n
                            shown_value, whole_number)
 from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
 from cnnlab.layers.init import KAIMING_IN, KAIMING_OUT, LECUN, RELU_GAIN, XAVIER, InitScheme, init_weight_
+from cnnlab.models._meta import shapes_on_meta
 
 
 class AuxLogits(NamedTuple):
@@ -360,7 +361,7 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
             handles.append(module.register_forward_pre_hook(before(name)))
             handles.append(module.register_forward_hook(after(name)))
     try:
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), eval_mode(model), shapes_on_meta() if x.is_meta else nullcontext():
             out = model(x)
     except (_Vanished, RuntimeError, ValueError, AssertionError, IndexError) as err:
         if is_out_of_memory(err):

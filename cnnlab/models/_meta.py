@@ -86,3 +86,79 @@ def meta_build() -> Iterator[None]:
     values can be read. Small index tensors stay on the CPU: ``.to("meta")`` moves them when needed."""
     with torch.device("cpu"), _AllocateOnMeta(), skip_init_on_meta():
         yield
+
+
+# ---------------------------------------------------------------------------------------------
+# shape-only forwards on the meta device
+
+F = torch.nn.functional
+
+
+def _channels_match(tensor, channels: int) -> bool:
+    return tensor is None or (tensor.dim() == 1 and tensor.numel() == channels)
+
+
+def _batch_norm_keeps_shape(input, running_mean, running_var, weight=None, bias=None, training=False,
+                            momentum=0.1, eps=1e-5) -> bool:
+    if input.dim() < 2 or not all(_channels_match(t, input.shape[1]) for t in (running_mean, running_var, weight, bias)):
+        return False
+    if training:
+        F._verify_batch_size(input.size())  # ValueError "Expected more than 1 value per channel", as torch's own
+    return True
+
+
+def _layer_norm_keeps_shape(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> bool:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    trailing = tuple(input.shape[input.dim() - len(shape):]) if 0 < len(shape) <= input.dim() else None
+    return trailing == shape and all(t is None or tuple(t.shape) == shape for t in (weight, bias))
+
+
+def _group_norm_keeps_shape(input, num_groups, weight=None, bias=None, eps=1e-5) -> bool:
+    return (input.dim() >= 2 and num_groups > 0 and input.shape[1] % num_groups == 0
+            and all(_channels_match(t, input.shape[1]) for t in (weight, bias)))
+
+
+def _always(input, *args, **kwargs) -> bool:
+    return True
+
+
+# Functions whose output has their input's shape and dtype, with the rule under which the arguments are ones torch
+# takes (anything else goes to torch, which raises its own error). On meta tensors torch runs most of them through
+# its Python reference implementations: a BatchNorm 0.76 ms, a ReLU 0.32 ms, an empty_like 0.03 ms.
+_KEEPS_SHAPE = {
+    F.batch_norm: _batch_norm_keeps_shape, F.layer_norm: _layer_norm_keeps_shape,
+    F.group_norm: _group_norm_keeps_shape,
+    F.relu: _always, torch.relu: _always, torch.Tensor.relu: _always, F.relu6: _always, F.hardtanh: _always,
+    F.hardswish: _always, F.hardsigmoid: _always, F.gelu: _always, F.elu: _always, F.leaky_relu: _always,
+}
+_IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})
+# torch's meta kernels give these a new contiguous tensor; the others keep their input's layout (channels_last, or
+# the strides of a permuted map), as empty_like does
+_CONTIGUOUS = frozenset({F.layer_norm, F.group_norm})
+
+
+class _ShapesOnMeta(TorchFunctionMode):
+    """Answer the shape-keeping functions of :data:`_KEEPS_SHAPE` with an empty tensor like their meta input."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        input = args[0] if args else kwargs.get("input")
+        if isinstance(input, torch.Tensor) and input.is_meta:
+            if func in _IN_PLACE or (func in _KEEPS_SHAPE and kwargs.get("inplace", False)):
+                return input
+            rule = _KEEPS_SHAPE.get(func)
+            if rule is not None and rule(*args, **kwargs):
+                if func in _CONTIGUOUS:
+                    return torch.empty(input.shape, dtype=input.dtype, device=input.device)
+                return torch.empty_like(input)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def shapes_on_meta() -> Iterator[None]:
+    """Within the block, a forward pass on meta tensors computes only what its shapes need: the norms and
+    activations that keep their input's shape return an empty meta tensor of it at once, after the checks of
+    their arguments that torch makes (a BatchNorm of other channels still fails, with torch's error). For shape
+    probes; values, gradients and the counts of ``cnnlab.summary`` are not computed inside it."""
+    with _ShapesOnMeta():
+        yield

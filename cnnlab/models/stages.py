@@ -36,6 +36,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, check_type
 from cnnlab.models._base import ClassifierModel, check_num_classes, eval_mode, first_conv, like_model, new_linear
+from cnnlab.models._meta import shapes_on_meta
 
 STEM = "stem"
 HEAD = "head"
@@ -437,7 +438,7 @@ def _probe_sides(model: nn.Module, units: list[str]) -> tuple[int, dict[str, int
     handles = [model.get_submodule(u).register_forward_hook(record(u)) for u in units]
     x = torch.zeros((2, channels, side, side), device="meta")
     try:
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), eval_mode(model), shapes_on_meta():
             tensors = dict(model.named_parameters(remove_duplicate=False))
             tensors.update(model.named_buffers(remove_duplicate=False))
             meta = {k: torch.empty_like(t, device="meta") for k, t in tensors.items()}
