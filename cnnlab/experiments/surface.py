@@ -73,19 +73,21 @@ class Probe:
 
     images: int  # training images the loss is read on (all of the split when it has fewer)
     directions: int  # filter-normalised random directions, one 1-D slice each
+    iterations: int  # power iteration steps for the top Hessian eigenvalue: a Hessian-vector product each
 
 
 # At full the 1,000 images are the whole training subset (100 per class). A loss on 1,000 images of 16x16 costs
 # resnet56 about 1 s on one core and a Hessian-vector product about 10 s, so a run's measures take about 4
 # minutes there, longer than its training; quick reads 200 images to stay in minutes, tiny checks the mechanics.
-# The sizes' times are runs alone on 2 cores (torch's default threads): tiny 26 s, quick 228 s, full 826 s (about
+# The sizes' times are runs alone on 2 cores (torch's default threads): tiny 16 s, quick 228 s, full 826 s (about
 # 2 min of measures per run after 12-13 s of training).
-PROBES = {"tiny": Probe(images=32, directions=2), "quick": Probe(images=200, directions=5),
-          "full": Probe(images=1000, directions=5)}
+POWER_ITERATIONS = 20  # Hessian-vector products per run at quick and full; tiny's 5 show the mechanics
+PROBES = {"tiny": Probe(images=32, directions=2, iterations=5),
+          "quick": Probe(images=200, directions=5, iterations=POWER_ITERATIONS),
+          "full": Probe(images=1000, directions=5, iterations=POWER_ITERATIONS)}
 GRID_POINTS = 21  # alphas from -GRID_RANGE to GRID_RANGE, evenly spaced: 0.1 apart, 0 in the middle
 GRID_RANGE = 1.0  # in filter norms: alpha = 1 moves every filter by its own norm
 RISE_AT = 0.5  # check (a) reads the slice at +-half a filter's norm, a point of the grid
-POWER_ITERATIONS = 20  # Hessian-vector products per run
 IMAGE_SEED = 0  # the training images drawn (the same for every run: the split does not depend on train.seed)
 DIRECTION_SEED = 0  # direction k is drawn with seed DIRECTION_SEED + k: the same raw draw for both nets
 POWER_SEED = 0  # the power iteration's start vector
@@ -204,6 +206,7 @@ class Eigen:
 
     value: float  # the Rayleigh quotient v . H v of the last unit vector v: the eigenvalue of largest magnitude
     change: float  # |last value - the one before| / |last value|: how far from converged (NaN after 1 iteration)
+    iterations: int  # the steps taken: fewer than asked where H v = 0
 
 
 def top_eigenvalue(model: nn.Module, batches: Batches, weights: Sequence[torch.Tensor],
@@ -225,7 +228,7 @@ def top_eigenvalue(model: nn.Module, batches: Batches, weights: Sequence[torch.T
             break
         vector = [p / size for p in product]
     change = abs(values[-1] - values[-2]) / abs(values[-1]) if len(values) > 1 and values[-1] != 0 else math.nan
-    return Eigen(values[-1], change)
+    return Eigen(values[-1], change, len(values))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +294,7 @@ def surface_run(outcome: RunOutcome, probe: Probe) -> Optional[Surface]:
     alphas = grid()
     slices = [slice_losses(model, batches, weights, direction(weights, k), alphas) for k in range(probe.directions)]
     return Surface(outcome.setting, outcome.seed, outcome.run_dir, sum(len(y) for _, y in batches),
-                   mean_loss(model, batches), alphas, slices, top_eigenvalue(model, batches, weights))
+                   mean_loss(model, batches), alphas, slices, top_eigenvalue(model, batches, weights, probe.iterations))
 
 
 def surface_shown(run: Surface) -> str:
@@ -319,7 +322,7 @@ def surface_rows(surfaces: Sequence[Surface]) -> list[dict[str, Any]]:
                          "convex": run.convex(k), "min_second_difference": min(second_differences(losses)),
                          "alphas": _losses_text(run.alphas), "losses": _losses_text(losses)})
         rows.append({"setting": f"sharpness: {run.setting}", **base, "top_eigenvalue": run.eigen.value,
-                     "eigen_last_change": run.eigen.change, "power_iterations": POWER_ITERATIONS})
+                     "eigen_last_change": run.eigen.change, "power_iterations": run.eigen.iterations})
     return rows
 
 
@@ -404,7 +407,8 @@ def sharpness_plot(path: Path, surfaces: Sequence[Surface]) -> Path:
             ax.scatter([i] * len(values), values, color="black", s=14, zorder=3)
     ax.set_xticks(range(len(NETS)))
     ax.set_xticklabels(NETS)
-    ax.set_ylabel(f"top Hessian eigenvalue ({POWER_ITERATIONS} power iterations)")
+    steps = sorted({run.eigen.iterations for run in surfaces})
+    ax.set_ylabel(f"top Hessian eigenvalue ({' or '.join(map(str, steps)) or 'no'} power iterations)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("Sharpness of the trained minimum (claimed: the ResNet's is flatter)\n(bar: mean over seeds; "
                  "dots: each seed)", fontsize=9)
@@ -422,7 +426,7 @@ def run_surface(ctx: RunContext) -> ExperimentResult:
     outcomes = train_settings(ctx, configs, evaluate=False)  # measured on training images: no test pass
     chance = chance_level(outcomes)
     probe = PROBES[ctx.size]
-    # a hundred losses and 20 Hessian products per run: a line for each
+    # a hundred losses and probe.iterations Hessian products per run: a line for each
     surfaces = measure_runs(ctx, outcomes, "surface", lambda o: surface_run(o, probe), surface_shown)
     extra = {PLAIN: {"shortcuts": False}, RESNET: {"shortcuts": True}}
     summary = summary_rows(outcomes, list(NETS), ["train_loss", "train_acc", "val_acc", "seconds"], extra)
@@ -466,7 +470,7 @@ SURFACE = Experiment(
          f"seeds is lower than {PLAIN}'s by more than the larger spread (sample std over seeds), DOES NOT HOLD "
          "when higher by as much, INCONCLUSIVE in between. (b) 'The ResNet's minimum is flatter': the Hessian's "
          f"eigenvalue of largest magnitude over the same weights, by {POWER_ITERATIONS} steps of power iteration "
-         "with Hessian-vector products from a seeded start; the same rule (lower is flatter). A run whose measure is "
+         f"({PROBES['tiny'].iterations} at tiny) with Hessian-vector products from a seeded start; the same rule (lower is flatter). A run whose measure is "
          "not finite (a loss that overflowed) is left out of that mean and named. (c) Reported, not "
          f"judged: per net, the slices whose {GRID_POINTS - 2} second differences are not all >= 0 (not convex). "
          f"Fewer than {MIN_SEEDS} seeds: INCONCLUSIVE. {BOTH_LEARNED_RULE}",
@@ -474,11 +478,11 @@ SURFACE = Experiment(
          "SGD momentum 0.9, weight decay 1e-4, lr 0.1 per 128 images at batch 64, cosine decay, no augmentation); "
          f"then on each run's best checkpoint the loss along filter-normalised random directions at {GRID_POINTS} "
          f"points of [{_ALPHAS[0]:g}, {_ALPHAS[-1]:g}] and the top Hessian eigenvalue ({POWER_ITERATIONS} power "
-         "iterations)",
+         f"iterations; {PROBES['tiny'].iterations} at tiny)",
     sizes={
         "tiny": SizeInfo("digits at 16x16, 10 images per class, 1 epoch (6 steps of 16), the 2 nets, 1 seed; the loss "
-                         f"on {PROBES['tiny'].images} training images, {PROBES['tiny'].directions} directions "
-                         "(mechanics only)", 26.0),
+                         f"on {PROBES['tiny'].images} training images, {PROBES['tiny'].directions} directions, "
+                         f"{PROBES['tiny'].iterations} power iterations (mechanics only)", 16.0),
         "quick": SizeInfo("digits at 16x16, all 1,259 training images, 3 epochs (57 steps), the 2 nets x 3 seeds; "
                           f"the loss on {PROBES['quick'].images} training images, {PROBES['quick'].directions} "
                           "directions", 228.0),

@@ -748,7 +748,7 @@ def _widest_shown() -> dict[str, list[str]]:
                for intact in (1.0, chance + 1e-12, chance + 1e-300) for acc in (0.0, 0.99, 1.0)]
     alphas = [-RISE_AT, 0.0, RISE_AT]
     # a rise of -2 x the loss (the slice's losses 0), or of the slice's losses (the loss 0)
-    surfaces = [Surface("s", 9, "runs/s/seed9", 1, loss, alphas, [[at, loss, at]], Eigen(eig, 0.0))
+    surfaces = [Surface("s", 9, "runs/s/seed9", 1, loss, alphas, [[at, loss, at]], Eigen(eig, 0.0, 20))
                 for huge in (largest, below) for loss, at in ((huge, 0.0), (0.0, huge))
                 for eig in (-huge, huge, -1.2345e-7, 12345.6)]
     return {"lesion": [lesion_shown(run) for run in lesions], "loss-surface": [surface_shown(run) for run in surfaces]}
