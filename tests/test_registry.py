@@ -12,7 +12,7 @@ from torch import nn
 import cnnlab
 from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.models import AuxLogits, _zoo, check_input_size, model_info
-from cnnlab.models._meta import skip_init_on_meta
+from cnnlab.models._meta import shapes_on_meta, skip_init_on_meta
 from cnnlab.models._registry import _MODELS, ModelInfo, register_model
 from _one_draw import one_draw_of_each_weight
 from _zoo_sweep import STANDS_IN_FOR, SWEPT
@@ -67,7 +67,8 @@ def test_builds_runs_and_backpropagates_at_its_smallest_input(name):
 @pytest.mark.parametrize("name", SWEPT)
 def test_default_input_gives_1000_logits_and_interface_is_consistent(name):
     info = model_info(name)
-    with torch.device("meta"):  # shapes only: no memory, no compute
+    # shapes only: no memory, no compute, and the shape-keeping layers answered at once (tests/models/test_meta_shapes.py)
+    with torch.device("meta"), shapes_on_meta():
         model = cnnlab.create_model(name)
         assert check_input_size(model, info.default_input) == (1000,)
         x = torch.zeros(1, *info.default_input)
@@ -509,7 +510,7 @@ def test_a_pattern_without_wildcards_matches_any_part_of_a_name():
 def test_num_classes_0_builds_the_model_without_classifier(name):
     """timm's convention, as reset_classifier(0): the forward pass returns the pooled (B, num_features) features."""
     info = model_info(name)
-    with torch.device("meta"):
+    with torch.device("meta"), shapes_on_meta():
         model = cnnlab.create_model(name, num_classes=0).eval()
         x = torch.zeros(2, *info.default_input)
         assert model(x).shape == (2, model.num_features)
