@@ -1724,7 +1724,10 @@ def _range_texts(*params) -> list[str]:
 
 
 def _search_table(results, keys: list[str], limit: int = 15) -> Table:
-    table = Table(title=f"trials by val accuracy (best {min(limit, len(results.rows))} of {len(results.rows)})")
+    # "best 2 of 2" read as two trials with an accuracy where one of them had failed: the title counts rows shown
+    total = len(results.rows)
+    shown_text = counted(total, "trial") if total <= limit else f"the first {limit} of {total} trials"
+    table = Table(title=f"{shown_text}, best val accuracy first")
     for column in ("trial", "state", "val acc", "epochs", "s", *keys):
         table.add_column(column, justify="right" if column not in ("state",) else "left")
     shown = results.rows[:limit]

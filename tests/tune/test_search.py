@@ -1338,6 +1338,19 @@ def test_the_results_table_prints_every_two_different_trial_values_differently()
         ["0.01234", "1537", "relu"], ["0.01235", "1024", "gelu"], ["0.2", "2000", "relu"]]
 
 
+def test_the_results_table_title_counts_the_trials_it_shows_not_a_best_failed_one():
+    from cnnlab.cli import _search_table
+
+    # "best 2 of 2" over a completed trial and a failed one, which has no accuracy to be among the best
+    rows = [{"number": number, "state": state, "val_acc": acc, "epochs": 1, "seconds": 1.0, "params": {"optim.lr": 0.1}}
+            for number, (state, acc) in enumerate([("COMPLETE", 0.5), ("FAIL", None)])]
+    title = _table_text(_search_table(search.SearchResults(rows=rows, best=rows[0]), ["optim.lr"])).splitlines()[0]
+    assert title.strip() == "2 trials, best val accuracy first"
+    many = [dict(rows[0], number=number) for number in range(17)]
+    title = _table_text(_search_table(search.SearchResults(rows=many, best=many[0]), ["optim.lr"])).splitlines()[0]
+    assert title.strip() == "the first 15 of 17 trials, best val accuracy first"
+
+
 def test_a_trial_line_tells_its_values_from_the_other_trials_values():
     from types import SimpleNamespace
 
