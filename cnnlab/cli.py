@@ -15,7 +15,7 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import typer
 from rich import box
@@ -2468,7 +2468,7 @@ def _main(argv: Optional[list[str]]) -> None:
         _let_rank_0_report_first()
         if _state["debug"]:
             raise
-        problem = path_problem(err) or _full_disk_problem(err) or _memory_problem(err)
+        problem = path_problem(err) or _full_disk_problem(err) or _memory_problem(err, args[:1])
         if problem:  # a path the system refused (permissions, a name too long), a full disk, memory: not a bug
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
@@ -2542,9 +2542,10 @@ def _full_disk_problem(err: BaseException) -> str:
 
 
 # torch's CPU allocator refusing an allocation raises a plain RuntimeError; this is its message's own wording
-def _memory_problem(err: BaseException) -> str:
+def _memory_problem(err: BaseException, command: Sequence[str] = ()) -> str:
     """The message for memory the machine or the GPU could not give (a batch or an image size too large for it:
-    :func:`cnnlab.errors.is_out_of_memory`); '' for any other error."""
+    :func:`cnnlab.errors.is_out_of_memory`); '' for any other error. ``command``: the command's first word, whose
+    options the advice names (`cnnlab data ...` has no batch size)."""
     if not is_out_of_memory(err):
         return ""
     if not (isinstance(err, RuntimeError) and CPU_ALLOCATION_REFUSED in str(err)):
@@ -2554,9 +2555,13 @@ def _memory_problem(err: BaseException) -> str:
         # to allocate 102760448 bytes. Error code 12 (...)": from the allocator's name on
         message = str(err).strip().splitlines()[0]
         what = message[message.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in message else message
-    return (f"out of memory ({what[:300]}): the command needed more memory than is free. Lower the batch size "
-            "(train.batch_size, or --batch-size), the image size (data.image_size) or the model's width, or stop "
-            "other programs that use memory.")
+    if list(command) == ["data"]:
+        lower = "Lower the image size (--image-size) or the data's memory limit (--memory-limit-mb)"
+    else:
+        lower = ("Lower the batch size (train.batch_size, or --batch-size), the image size (data.image_size) or the "
+                 "model's width")
+    return (f"out of memory ({what[:300]}): the command needed more memory than is free. {lower}, or stop other "
+            "programs that use memory.")
 
 
 def path_problem(err: BaseException) -> str:

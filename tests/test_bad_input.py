@@ -743,6 +743,19 @@ def test_running_out_of_memory_is_said_not_reported_as_a_bug(raised, cli, monkey
         assert "(DefaultCPUAllocator: can't allocate memory: you tried to allocate 281474976710656 bytes" in err
 
 
+def test_running_out_of_memory_in_a_data_command_names_its_own_options(cli, monkeypatch):
+    """`cnnlab data stats` has no batch size: its out-of-memory advice named train.batch_size and --batch-size."""
+    from cnnlab.data import report
+
+    def dataset_stats(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(report, "dataset_stats", dataset_stats)
+    code, out, err = cli(["data", "stats", "synthetic:classes=2,train=8,val=4,test=4", "--refresh"])
+    assert code == 2 and err.startswith("error: out of memory (MemoryError)"), err
+    assert "batch" not in err and "--image-size" in err and "--memory-limit-mb" in err
+
+
 def test_memory_the_input_size_check_cannot_get_is_passed_on_not_read_as_a_bad_model_option():
     """check_input_size runs the model once: a layer whose output the machine has no memory for raised torch's
     CPU allocator RuntimeError there, and it was reported as "lenet5 cannot take a 3x3000x3000 input ... an option
