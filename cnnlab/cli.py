@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -2443,6 +2444,37 @@ def _tolerant_stdout() -> None:
             reconfigure(errors="backslashreplace")
 
 
+# matplotlib's warning for a character its font cannot draw (a class name in another script): "Glyph 23454
+# (\N{CJK UNIFIED IDEOGRAPH-5B9E}) missing from font(s) DejaVu Sans."
+MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
+
+
+@contextlib.contextmanager
+def _missing_glyphs_noted_once():
+    """Within the block, matplotlib's warnings about characters its font cannot draw become one note: an eval of
+    classes named in Chinese printed six raw warnings with source lines, one per character and plot."""
+    import warnings
+
+    from cnnlab.config import notice
+
+    shown = warnings.showwarning
+    noted = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        found = MISSING_GLYPH.match(str(message))
+        if found is None:
+            shown(message, category, filename, lineno, file, line)
+        elif not noted:
+            noted.append(found)
+            notice(f"the plots draw characters their font ({found.group(2)}) has no glyph for as empty boxes "
+                   f"({chr(int(found.group(1)))} first, in a name they show). To see them, install a font that has "
+                   "them and put it first in matplotlib's font.family (a matplotlibrc file).")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def _main(argv: Optional[list[str]]) -> None:
     _forget_earlier_signals()
     _tolerant_stdout()
@@ -2450,7 +2482,8 @@ def _main(argv: Optional[list[str]]) -> None:
         args = expand_home(sys.argv[1:] if argv is None else argv)
         refuse_empty_paths(args)
         try:
-            _run_app(args)
+            with _missing_glyphs_noted_once():
+                _run_app(args)
         except SystemExit:
             _flush_output()  # here, so that a full disk under the output is said as any error is
             raise

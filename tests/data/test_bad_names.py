@@ -150,3 +150,15 @@ def test_stats_grid_training_and_evaluation_show_the_escaped_names(tmp_path, cli
     assert {"confusion.png", "confusion.json"} <= written
     confusion = json.loads((tmp_path / "eval" / "confusion.json").read_text(encoding="utf-8"))
     assert confusion["classes"] == ["caf\\xe9", "na\\xefve"]
+
+
+def test_names_the_plots_font_cannot_draw_give_one_note_not_a_warning_per_character(tmp_path, cli):
+    """Classes named in Chinese: each plot printed matplotlib's raw warning (with its source line) once per
+    character; the command now says once that they draw as empty boxes, and how to see them."""
+    root = _bytes_folder(tmp_path / "data", ["猫".encode(), "犬".encode()])
+    code, out, err = cli(["data", "show", f"folder:{root}", "--out", str(tmp_path / "grid.png")])
+    assert code == 0 and (tmp_path / "grid.png").is_file(), err
+    assert "Glyph" not in err and "UserWarning" not in err, err
+    notes = [line for line in err.splitlines() if "no glyph for as empty boxes" in line]
+    assert len(notes) == 1 and ("(猫 first" in notes[0] or "(犬 first" in notes[0]), err
+    assert "DejaVu Sans" in notes[0] and "font.family" in notes[0]
