@@ -726,7 +726,7 @@ def experiment_cmd(
         raise CnnlabError(f"`cnnlab experiment {name}` runs one experiment: {extra} "
                           f"{'apply' if names and len(names) > 1 else 'applies'} to `cnnlab experiment list` "
                           f"(cnnlab experiment list {name} shows it in full).")
-    say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
+    say = (lambda text: None) if as_json else _run_lines(highlight=False, markup=False)
     try:
         result = run_experiment(name, "quick" if size is None else size, seeds, out, data=data, say=say)
     except KeyboardInterrupt:
@@ -1681,7 +1681,7 @@ def search_cmd(
         epochs_text = "train.epochs as drawn" if settings.epochs is None else counted(settings.epochs, "epoch")
         console.print(f"study '{settings.study_name}' in {settings.storage}: {counted(settings.trials, 'trial')} of "
                       f"{epochs_text}, {counted(workers, 'worker')}", markup=False)
-    say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
+    say = (lambda text: None) if as_json else _run_lines(highlight=False)
     try:
         # --json: no line per trial from any worker, so one worker and several behave alike
         results, paths = search_lib.run_search(plan, say, quiet=as_json)
@@ -2520,6 +2520,35 @@ def _main(argv: Optional[list[str]]) -> None:
 # A command whose output was closed before it finished writing it (`| head`) ends as the shell reports a program
 # that SIGPIPE ends: 128 + 13. rich and click would end it with 1, which reads as a check that failed.
 CLOSED_OUTPUT_EXIT = 141
+
+
+# What a command that trains several runs says when its output is closed while it runs (train: the engine's own)
+OUTPUT_CLOSED_BETWEEN_RUNS = ("\nThe command's output {why}: stopping before the next training run starts (the "
+                              "finished runs are kept, and the same command continues), as a Ctrl-C would.\n")
+
+
+def _run_lines(**options) -> Callable[[str], None]:
+    """The print for the lines a command that trains several runs (search, experiment) says as they finish. A
+    closed output (`cnnlab search ... | head -1`) ended such a command at its next line, with exit code 141 and no
+    word on what it kept; a full disk under it, as an internal error. Either now stops it before its next run, as
+    a Ctrl-C between runs does (:func:`cnnlab.train.between_runs.hold_stop`): said on stderr, exit code 130."""
+    from cnnlab.train.between_runs import held_signal, hold_stop
+
+    def say(text: str) -> None:
+        try:
+            console.print(text, **options)
+        except SystemExit as err:  # rich's answer to a closed stdout: it now points at /dev/null
+            if not _output_closed(err):
+                raise
+            why = "was closed (the program reading it, such as tee or head, ended)"
+            if not hold_stop(OUTPUT_CLOSED_BETWEEN_RUNS.format(why=why)) and held_signal() is None:
+                raise  # no run loop to stop: the command ends as any command on a closed output
+        except OSError as err:  # stdout on a full disk
+            why = f"could not be written ({err.strerror or err})"
+            if not hold_stop(OUTPUT_CLOSED_BETWEEN_RUNS.format(why=why)) and held_signal() is None:
+                raise
+
+    return say
 
 
 def _output_closed(err: SystemExit) -> bool:

@@ -1793,3 +1793,34 @@ def test_a_ctrl_c_while_the_workers_end_after_the_last_trial_lets_the_search_fin
     _, stderr = capfd.readouterr()
     assert exit_info.value.code == 0, stderr[-2000:]
     assert (out / "results.csv").is_file() and (out / "best.yaml").is_file()
+
+
+@pytest.mark.parametrize("failure", ["closed", "full disk"])
+def test_an_output_that_closes_stops_the_search_before_its_next_trial_and_says_so(cli, tmp_path, monkeypatch, failure):
+    """`cnnlab search ... | head -1`: the first trial line met a closed stdout, and the search ended with exit code
+    141 and no word on the trial it had kept (a full disk under stdout: an internal error). It now stops before the
+    next trial as a Ctrl-C there does, and says why."""
+    import errno
+
+    import cnnlab.cli as cli_module
+
+    printed = cli_module.console.print
+
+    def print_line(text, *args, **kwargs):
+        if not str(text).startswith("trial "):
+            return printed(text, *args, **kwargs)
+        if failure == "full disk":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        try:  # as rich answers a closed stdout (Console.on_broken_pipe)
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        except BrokenPipeError:
+            raise SystemExit(1)
+
+    monkeypatch.setattr(cli_module.console, "print", print_line)
+    space = write_space(tmp_path, {"optim.lr": SPACE["optim.lr"]})
+    args = ["search", *QUICK, "--space", str(space), "--trials", "3", "--epochs", "1", "--out", str(tmp_path / "s")]
+    code, out, err = cli(args)
+    why = "was closed (the program reading it" if failure == "closed" else "could not be written (No space left"
+    assert code == 130 and f"The command's output {why}" in err, err
+    assert err.rstrip().splitlines()[-1].startswith("interrupted: 1 finished trial is kept"), err
+    assert [path.name for path in (tmp_path / "s" / "trials").iterdir()] == ["search-0000"]  # no further trial
