@@ -15,14 +15,13 @@ from cnnlab.models._meta import shapes_on_meta
 
 
 def _leaf_outputs(model: nn.Module, x: torch.Tensor, fast: bool) -> dict:
-    """name -> (shape, dtype, channels_last) of each leaf layer's output in one forward pass."""
+    """name -> (shape, dtype, strides) of each leaf layer's output in one forward pass."""
     seen = {}
 
     def record(name):
         def hook(module, args, output):
             if isinstance(output, torch.Tensor):
-                seen[name] = (tuple(output.shape), output.dtype,
-                              output.ndim == 4 and output.is_contiguous(memory_format=torch.channels_last))
+                seen[name] = (tuple(output.shape), output.dtype, output.stride())
         return hook
 
     handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if not list(m.children())]
@@ -98,15 +97,31 @@ def _stats(channels):
     return torch.zeros(channels, device="meta"), torch.ones(channels, device="meta")
 
 
-@pytest.mark.parametrize("call", [
-    lambda x: F.batch_norm(x, *_stats(3)),  # statistics for 3 channels, 4 given
-    lambda x: F.batch_norm(x, *_stats(4), weight=torch.ones(5, device="meta")),
-    lambda x: F.batch_norm(x[:1, :, :1, :1], None, None, training=True),  # one value per channel to normalise
-    lambda x: F.layer_norm(x, (5,)),
-    lambda x: F.layer_norm(x, (6,), weight=torch.ones(5, device="meta")),
-    lambda x: F.group_norm(x, 3),  # 4 channels in 3 groups
-    lambda x: F.group_norm(x, 2, weight=torch.ones(3, device="meta")),
-], ids=["bn-stats", "bn-weight", "bn-one-value", "ln-shape", "ln-weight", "gn-groups", "gn-weight"])
+REFUSED = {
+    "bn-stats": lambda x: F.batch_norm(x, *_stats(3)),  # statistics for 3 channels, 4 given
+    "bn-weight": lambda x: F.batch_norm(x, *_stats(4), weight=torch.ones(5, device="meta")),
+    "bn-one-value": lambda x: F.batch_norm(x[:1, :, :1, :1], None, None, training=True),  # one value per channel
+    "bn-eval-no-stats": lambda x: F.batch_norm(x, None, None, torch.ones(4, device="meta"), training=False),
+    "bn-eval-mean-only": lambda x: F.batch_norm(x, _stats(4)[0], None),
+    "bn-eps-negative": lambda x: F.batch_norm(x, *_stats(4), eps=-1.0),
+    "bn-eps-0-training": lambda x: F.batch_norm(x, None, None, training=True, eps=0.0),
+    "ln-shape": lambda x: F.layer_norm(x, (5,)),
+    "ln-weight": lambda x: F.layer_norm(x, (6,), weight=torch.ones(5, device="meta")),
+    "ln-int": lambda x: F.layer_norm(x, 6),
+    "gn-groups": lambda x: F.group_norm(x, 3),  # 4 channels in 3 groups
+    "gn-weight": lambda x: F.group_norm(x, 2, weight=torch.ones(3, device="meta")),
+    "gn-one-value": lambda x: F.group_norm(x[:1, :, :1, :1], 4),
+    "gelu-approximate": lambda x: F.gelu(x, approximate="foo"),
+    "hardtanh-bounds": lambda x: F.hardtanh(x, 6.0, 0.0),
+    "hardtanh-bounds-in-place": lambda x: F.hardtanh(x, 6.0, 0.0, True),
+    "leaky-slope": lambda x: F.leaky_relu(x, "0.1"),
+    "elu-alpha": lambda x: F.elu(x, "1"),
+    "relu6-bool": lambda x: F.relu6(x > 0),
+    "ln-int64": lambda x: F.layer_norm(x.long(), (6,)),
+}
+
+
+@pytest.mark.parametrize("call", REFUSED.values(), ids=REFUSED.keys())
 def test_arguments_torch_refuses_are_refused_with_torchs_own_error(call):
     x = torch.zeros(2, 4, 6, 6, device="meta")
     with pytest.raises(Exception) as plain:
