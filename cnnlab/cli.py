@@ -726,11 +726,14 @@ def experiment_cmd(
         raise CnnlabError(f"`cnnlab experiment {name}` runs one experiment: {extra} "
                           f"{'apply' if names and len(names) > 1 else 'applies'} to `cnnlab experiment list` "
                           f"(cnnlab experiment list {name} shows it in full).")
-    say = (lambda text: None) if as_json else _run_lines(highlight=False, markup=False)
+    say = _RunLines(highlight=False, markup=False)
     try:
-        result = run_experiment(name, "quick" if size is None else size, seeds, out, data=data, say=say)
+        result = run_experiment(name, "quick" if size is None else size, seeds, out, data=data,
+                                say=(lambda text: None) if as_json else say)
     except KeyboardInterrupt:
         where = out if out is not None else f"runs/experiment-{name}"
+        if say.stopped_text():
+            print(say.stopped_text(), file=sys.stderr)
         if get_experiment(name).data is None:  # it trains nothing: there are no runs to keep, it starts over
             print(f"interrupted: experiment '{name}' trains nothing, so nothing was kept; run the same command to "
                   "measure it again.", file=sys.stderr)
@@ -738,6 +741,7 @@ def experiment_cmd(
             print(f"{_stopped_word()}: {_kept_runs_text(where)}; run the same command to continue.",
                   file=sys.stderr)
         sys.exit(_interrupted_exit_code())
+    say.end_if_closed()
     summary = result.to_dict()
     if as_json:
         # kept: the result.json an earlier call finished there, read back and not measured again
@@ -1681,15 +1685,18 @@ def search_cmd(
         epochs_text = "train.epochs as drawn" if settings.epochs is None else counted(settings.epochs, "epoch")
         console.print(f"study '{settings.study_name}' in {settings.storage}: {counted(settings.trials, 'trial')} of "
                       f"{epochs_text}, {counted(workers, 'worker')}", markup=False)
-    say = (lambda text: None) if as_json else _run_lines(highlight=False)
+    say = _RunLines(highlight=False)
     try:
         # --json: no line per trial from any worker, so one worker and several behave alike
-        results, paths = search_lib.run_search(plan, say, quiet=as_json)
+        results, paths = search_lib.run_search(plan, (lambda text: None) if as_json else say, quiet=as_json)
     except KeyboardInterrupt as stopped:  # a SearchStopped when a SIGTERM stopped the spawned workers
         signum = getattr(stopped, "signum", None)
+        if say.stopped_text():
+            print(say.stopped_text(), file=sys.stderr)
         print(f"{_stopped_word(signum)}: {_kept_trials_text(settings)}; run the same command to continue.",
               file=sys.stderr)
         sys.exit(_interrupted_exit_code(signum))
+    say.end_if_closed()
     if as_json:
         print(json.dumps({"study": settings.study_name, "storage": settings.storage, "epochs": settings.epochs,
                           # the trials asked for, and the grid's points that capped them (null: a random search)
@@ -2522,33 +2529,47 @@ def _main(argv: Optional[list[str]]) -> None:
 CLOSED_OUTPUT_EXIT = 141
 
 
-# What a command that trains several runs says when its output is closed while it runs (train: the engine's own)
-OUTPUT_CLOSED_BETWEEN_RUNS = ("\nThe command's output {why}: stopping before the next training run starts (the "
-                              "finished runs are kept, and the same command continues), as a Ctrl-C would.\n")
+class _RunLines:
+    """The print for the lines a command that trains several runs (search, experiment) says as they finish.
 
+    A closed output (`cnnlab search ... | head -1`) ended such a command at its next line, with exit code 141 and
+    no word on what it kept; a full disk under it, as an internal error. Either now holds a stop for the next run,
+    as a Ctrl-C between runs does (:func:`cnnlab.train.between_runs.hold_stop`), and :attr:`closed` says why: the
+    command then says it when it stops (:meth:`stopped_text`), or, when no run was left to stop, ends as any
+    command on a closed output does."""
 
-def _run_lines(**options) -> Callable[[str], None]:
-    """The print for the lines a command that trains several runs (search, experiment) says as they finish. A
-    closed output (`cnnlab search ... | head -1`) ended such a command at its next line, with exit code 141 and no
-    word on what it kept; a full disk under it, as an internal error. Either now stops it before its next run, as
-    a Ctrl-C between runs does (:func:`cnnlab.train.between_runs.hold_stop`): said on stderr, exit code 130."""
-    from cnnlab.train.between_runs import held_signal, hold_stop
+    def __init__(self, **options) -> None:
+        self.options = options
+        self.closed: Optional[str] = None  # why the output failed, once it has
 
-    def say(text: str) -> None:
+    def __call__(self, text: str) -> None:
+        from cnnlab.train.between_runs import held_signal, hold_stop
+
+        if self.closed is not None:
+            return
         try:
-            console.print(text, **options)
+            console.print(text, **self.options)
         except SystemExit as err:  # rich's answer to a closed stdout: it now points at /dev/null
             if not _output_closed(err):
                 raise
-            why = "was closed (the program reading it, such as tee or head, ended)"
-            if not hold_stop(OUTPUT_CLOSED_BETWEEN_RUNS.format(why=why)) and held_signal() is None:
-                raise  # no run loop to stop: the command ends as any command on a closed output
+            self.closed = "was closed (the program reading it, such as tee or head, ended)"
         except OSError as err:  # stdout on a full disk
-            why = f"could not be written ({err.strerror or err})"
-            if not hold_stop(OUTPUT_CLOSED_BETWEEN_RUNS.format(why=why)) and held_signal() is None:
-                raise
+            self.closed = f"could not be written ({err.strerror or err})"
+        if self.closed is not None and not hold_stop() and held_signal() is None:
+            raise SystemExit(CLOSED_OUTPUT_EXIT)  # no run loop to stop: ends as any command on a closed output
 
-    return say
+    def stopped_text(self) -> str:
+        """The line said before the `interrupted:` line of a command this stopped; '' when it did not."""
+        if self.closed is None:
+            return ""
+        return (f"The command's output {self.closed}: it stopped before its next training run, as a Ctrl-C there "
+                "would.")
+
+    def end_if_closed(self) -> None:
+        """After the last run: the command's results are written, and the lines that would show them cannot be
+        (exit code 141 as on a closed output; a full disk is said by the next print's error)."""
+        if self.closed is not None and self.closed.startswith("was closed"):
+            sys.exit(CLOSED_OUTPUT_EXIT)
 
 
 def _output_closed(err: SystemExit) -> bool:

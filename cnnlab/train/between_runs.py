@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -69,18 +68,14 @@ def stop_if_held() -> None:
         raise StoppedBetweenRuns(_held)
 
 
-def hold_stop(message: str) -> bool:
+def hold_stop() -> bool:
     """Stop before the next run as a Ctrl-C between runs does, for a reason of the command's own (its output was
-    closed), which ``message`` gives on stderr. False where no :func:`stop_between_runs` is in force (nothing would
-    read the stop) or a stop is held already."""
+    closed), which the command says when it stops. False where no :func:`stop_between_runs` is in force (nothing
+    would read the stop) or a stop is held already."""
     global _held, _last
     if _depth == 0 or _held is not None:
         return False
     _held = _last = signal.SIGINT
-    try:  # print, not the handler's os.write: called from the command's own code, not inside a signal handler
-        print(message, end="", file=sys.stderr, flush=True)
-    except OSError:
-        pass
     return True
 
 

@@ -1096,14 +1096,14 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
     state = optuna.trial.TrialState
     shown: set[str] = set()  # the notes this worker's trials have shown: each shown once (quiet_notes)
     while True:
-        stop_if_held()  # a stop signal that came while the last trial was recorded: no further trial
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, then queued again
         _fail_dead_trials(study)  # ... at once where their worker on this host is known to be gone
         # A queued trial (the parameters of an interrupted or killed one) counts towards --trials but still
         # has to run: a worker stops only when none is left waiting.
         waiting = any(t.state == state.WAITING for t in study.get_trials(deepcopy=False))
         if len(counted_numbers(study)) >= settings.trials and not waiting:
-            return
+            return  # a stop signal held after the last trial stops nothing: the search writes its results
+        stop_if_held()  # a stop signal that came while the last trial was recorded: no further trial
         trial = study.ask()
         # Two workers can both see one slot left and both ask. Trial numbers are handed out in order
         # by the storage, so every worker agrees which trials lie beyond the target: those stand down.

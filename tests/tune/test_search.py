@@ -1821,6 +1821,32 @@ def test_an_output_that_closes_stops_the_search_before_its_next_trial_and_says_s
     args = ["search", *QUICK, "--space", str(space), "--trials", "3", "--epochs", "1", "--out", str(tmp_path / "s")]
     code, out, err = cli(args)
     why = "was closed (the program reading it" if failure == "closed" else "could not be written (No space left"
-    assert code == 130 and f"The command's output {why}" in err, err
+    assert code == 130 and f"The command's output {why}" in err and "it stopped before its next" in err, err
     assert err.rstrip().splitlines()[-1].startswith("interrupted: 1 finished trial is kept"), err
     assert [path.name for path in (tmp_path / "s" / "trials").iterdir()] == ["search-0000"]  # no further trial
+
+
+def test_an_output_that_closes_at_the_last_trials_line_leaves_a_finished_search(cli, tmp_path, monkeypatch):
+    """The last trial's line met the closed output (`| head -N`): the stop it held stopped nothing, and the search
+    said `interrupted:` with exit code 130 and wrote no results. It now writes them and ends as a command whose
+    output closed (141), saying nothing of a stop."""
+    import errno
+
+    import cnnlab.cli as cli_module
+
+    printed = cli_module.console.print
+
+    def print_line(text, *args, **kwargs):
+        if not str(text).startswith("trial 1"):  # the last of 2
+            return printed(text, *args, **kwargs)
+        try:  # as rich answers a closed stdout (Console.on_broken_pipe)
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        except BrokenPipeError:
+            raise SystemExit(1)
+
+    monkeypatch.setattr(cli_module.console, "print", print_line)
+    space = write_space(tmp_path, {"optim.lr": SPACE["optim.lr"]})
+    out = tmp_path / "s"
+    code, _, err = cli(["search", *QUICK, "--space", str(space), "--trials", "2", "--epochs", "1", "--out", str(out)])
+    assert code == 141 and "interrupted" not in err and "stopped before" not in err, err
+    assert (out / "results.csv").is_file() and (out / "best.yaml").is_file()
