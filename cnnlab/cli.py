@@ -2553,10 +2553,12 @@ class _RunLines:
             if not _output_closed(err):
                 raise
             self.closed = "was closed (the program reading it, such as tee or head, ended)"
+            if not hold_stop() and held_signal() is None:
+                raise SystemExit(CLOSED_OUTPUT_EXIT)  # no run loop to stop: ends as any command on a closed output
         except OSError as err:  # stdout on a full disk
             self.closed = f"could not be written ({err.strerror or err})"
-        if self.closed is not None and not hold_stop() and held_signal() is None:
-            raise SystemExit(CLOSED_OUTPUT_EXIT)  # no run loop to stop: ends as any command on a closed output
+            if not hold_stop() and held_signal() is None:
+                raise  # no run loop to stop: said as a full disk under any command's output
 
     def stopped_text(self) -> str:
         """The line said before the `interrupted:` line of a command this stopped; '' when it did not."""
