@@ -2478,6 +2478,8 @@ def _missing_glyphs_noted_once():
                    "them and put it first in matplotlib's font.family (a matplotlibrc file).")
 
     with warnings.catch_warnings():
+        # shown (as the note), never raised: under `python -W error` one was an internal error mid-plot
+        warnings.filterwarnings("default", message=MISSING_GLYPH.pattern, category=UserWarning)
         warnings.showwarning = show
         yield
 

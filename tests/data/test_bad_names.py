@@ -152,9 +152,11 @@ def test_stats_grid_training_and_evaluation_show_the_escaped_names(tmp_path, cli
     assert confusion["classes"] == ["caf\\xe9", "na\\xefve"]
 
 
-def test_names_the_plots_font_cannot_draw_give_one_note_not_a_warning_per_character(tmp_path, cli):
+@pytest.mark.parametrize("warnings_are", ["shown", pytest.param("errors", marks=pytest.mark.filterwarnings("error"))])
+def test_names_the_plots_font_cannot_draw_give_one_note_not_a_warning_per_character(tmp_path, cli, warnings_are):
     """Classes named in Chinese: each plot printed matplotlib's raw warning (with its source line) once per
-    character; the command now says once that they draw as empty boxes, and how to see them."""
+    character (an internal error where warnings are errors, `python -W error`); the command now says once that they
+    draw as empty boxes, and how to see them."""
     root = _bytes_folder(tmp_path / "data", ["猫".encode(), "犬".encode()])
     code, out, err = cli(["data", "show", f"folder:{root}", "--out", str(tmp_path / "grid.png")])
     assert code == 0 and (tmp_path / "grid.png").is_file(), err
