@@ -2566,8 +2566,8 @@ class _RunLines:
         """The line said before the `interrupted:` line of a command this stopped; '' when it did not."""
         if self.closed is None:
             return ""
-        return (f"The command's output {self.closed}: it stopped before its next training run, as a Ctrl-C there "
-                "would.")
+        return (f"The command's output {self.closed}: it stopped before its next training run (or a run's measures), "
+                "as a Ctrl-C there would.")
 
     def end_if_closed(self) -> None:
         """After the last run: the command's results are written, and the lines that would show them cannot be
