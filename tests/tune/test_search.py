@@ -1795,11 +1795,9 @@ def test_a_ctrl_c_while_the_workers_end_after_the_last_trial_lets_the_search_fin
     assert (out / "results.csv").is_file() and (out / "best.yaml").is_file()
 
 
-@pytest.mark.parametrize("failure", ["closed", "full disk"])
-def test_an_output_that_closes_stops_the_search_before_its_next_trial_and_says_so(cli, tmp_path, monkeypatch, failure):
-    """`cnnlab search ... | head -1`: the first trial line met a closed stdout, and the search ended with exit code
-    141 and no word on the trial it had kept (a full disk under stdout: an internal error). It now stops before the
-    next trial as a Ctrl-C there does, and says why."""
+def _output_failing_at(monkeypatch, starts: str, failure: str = "closed") -> None:
+    """The command's console fails to print a line starting with ``starts``: a closed stdout (as rich answers one,
+    Console.on_broken_pipe: SystemExit(1) from a BrokenPipeError) or a full disk (OSError ENOSPC)."""
     import errno
 
     import cnnlab.cli as cli_module
@@ -1807,16 +1805,24 @@ def test_an_output_that_closes_stops_the_search_before_its_next_trial_and_says_s
     printed = cli_module.console.print
 
     def print_line(text, *args, **kwargs):
-        if not str(text).startswith("trial "):
+        if not str(text).startswith(starts):
             return printed(text, *args, **kwargs)
         if failure == "full disk":
             raise OSError(errno.ENOSPC, "No space left on device")
-        try:  # as rich answers a closed stdout (Console.on_broken_pipe)
+        try:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         except BrokenPipeError:
             raise SystemExit(1)
 
     monkeypatch.setattr(cli_module.console, "print", print_line)
+
+
+@pytest.mark.parametrize("failure", ["closed", "full disk"])
+def test_an_output_that_closes_stops_the_search_before_its_next_trial_and_says_so(cli, tmp_path, monkeypatch, failure):
+    """`cnnlab search ... | head -1`: the first trial line met a closed stdout, and the search ended with exit code
+    141 and no word on the trial it had kept (a full disk under stdout: an internal error). It now stops before the
+    next trial as a Ctrl-C there does, and says why."""
+    _output_failing_at(monkeypatch, "trial ", failure)
     space = write_space(tmp_path, {"optim.lr": SPACE["optim.lr"]})
     args = ["search", *QUICK, "--space", str(space), "--trials", "3", "--epochs", "1", "--out", str(tmp_path / "s")]
     code, out, err = cli(args)
@@ -1830,21 +1836,7 @@ def test_an_output_that_closes_at_the_last_trials_line_leaves_a_finished_search(
     """The last trial's line met the closed output (`| head -N`): the stop it held stopped nothing, and the search
     said `interrupted:` with exit code 130 and wrote no results. It now writes them and ends as a command whose
     output closed (141), saying nothing of a stop."""
-    import errno
-
-    import cnnlab.cli as cli_module
-
-    printed = cli_module.console.print
-
-    def print_line(text, *args, **kwargs):
-        if not str(text).startswith("trial 1"):  # the last of 2
-            return printed(text, *args, **kwargs)
-        try:  # as rich answers a closed stdout (Console.on_broken_pipe)
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-        except BrokenPipeError:
-            raise SystemExit(1)
-
-    monkeypatch.setattr(cli_module.console, "print", print_line)
+    _output_failing_at(monkeypatch, "trial 1")  # the last of 2
     space = write_space(tmp_path, {"optim.lr": SPACE["optim.lr"]})
     out = tmp_path / "s"
     code, _, err = cli(["search", *QUICK, "--space", str(space), "--trials", "2", "--epochs", "1", "--out", str(out)])
