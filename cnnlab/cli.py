@@ -732,8 +732,7 @@ def experiment_cmd(
                                 say=(lambda text: None) if as_json else say)
     except KeyboardInterrupt:
         where = out if out is not None else f"runs/experiment-{name}"
-        if say.stopped_text():
-            print(say.stopped_text(), file=sys.stderr)
+        say.say_why_it_stopped()
         if get_experiment(name).data is None:  # it trains nothing: there are no runs to keep, it starts over
             print(f"interrupted: experiment '{name}' trains nothing, so nothing was kept; run the same command to "
                   "measure it again.", file=sys.stderr)
@@ -1691,8 +1690,7 @@ def search_cmd(
         results, paths = search_lib.run_search(plan, (lambda text: None) if as_json else say, quiet=as_json)
     except KeyboardInterrupt as stopped:  # a SearchStopped when a SIGTERM stopped the spawned workers
         signum = getattr(stopped, "signum", None)
-        if say.stopped_text():
-            print(say.stopped_text(), file=sys.stderr)
+        say.say_why_it_stopped()
         print(f"{_stopped_word(signum)}: {_kept_trials_text(settings)}; run the same command to continue.",
               file=sys.stderr)
         sys.exit(_interrupted_exit_code(signum))
@@ -2537,7 +2535,7 @@ class _RunLines:
     A closed output (`cnnlab search ... | head -1`) ended such a command at its next line, with exit code 141 and
     no word on what it kept; a full disk under it, as an internal error. Either now holds a stop for the next run,
     as a Ctrl-C between runs does (:func:`cnnlab.train.between_runs.hold_stop`), and :attr:`closed` says why: the
-    command then says it when it stops (:meth:`stopped_text`), or, when no run was left to stop, ends as any
+    command then says it when it stops (:meth:`say_why_it_stopped`), or, when no run was left to stop, ends as any
     command on a closed output does."""
 
     def __init__(self, **options) -> None:
@@ -2562,12 +2560,12 @@ class _RunLines:
             if not hold_stop() and held_signal() is None:
                 raise  # no run loop to stop: said as a full disk under any command's output
 
-    def stopped_text(self) -> str:
-        """The line said before the `interrupted:` line of a command this stopped; '' when it did not."""
-        if self.closed is None:
-            return ""
-        return (f"The command's output {self.closed}: it stopped before its next training run (or a run's measures), "
-                "as a Ctrl-C there would.")
+    def say_why_it_stopped(self) -> None:
+        """The line said on stderr before the `interrupted:` line of a command this stopped; nothing when it did
+        not stop it."""
+        if self.closed is not None:
+            print(f"The command's output {self.closed}: it stopped before its next training run (or a run's "
+                  "measures), as a Ctrl-C there would.", file=sys.stderr)
 
     def end_if_closed(self) -> None:
         """After the last run: the command's results are written, and the lines that would show them cannot be

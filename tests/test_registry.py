@@ -67,7 +67,7 @@ def test_builds_runs_and_backpropagates_at_its_smallest_input(name):
 @pytest.mark.parametrize("name", SWEPT)
 def test_default_input_gives_1000_logits_and_interface_is_consistent(name):
     info = model_info(name)
-    # shapes only: no memory, no compute, and the shape-keeping layers answered at once (tests/models/test_meta_shapes.py)
+    # shapes only: no memory, no compute, the shape-keeping layers answered at once (tests/models/test_meta_shapes.py)
     with torch.device("meta"), shapes_on_meta():
         model = cnnlab.create_model(name)
         assert check_input_size(model, info.default_input) == (1000,)

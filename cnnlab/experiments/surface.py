@@ -470,9 +470,9 @@ SURFACE = Experiment(
          f"seeds is lower than {PLAIN}'s by more than the larger spread (sample std over seeds), DOES NOT HOLD "
          "when higher by as much, INCONCLUSIVE in between. (b) 'The ResNet's minimum is flatter': the Hessian's "
          f"eigenvalue of largest magnitude over the same weights, by {POWER_ITERATIONS} steps of power iteration "
-         f"({PROBES['tiny'].iterations} at tiny) with Hessian-vector products from a seeded start; the same rule (lower is flatter). A run whose measure is "
-         "not finite (a loss that overflowed) is left out of that mean and named. (c) Reported, not "
-         f"judged: per net, the slices whose {GRID_POINTS - 2} second differences are not all >= 0 (not convex). "
+         f"({PROBES['tiny'].iterations} at tiny) with Hessian-vector products from a seeded start; the same rule "
+         "(lower is flatter). A run whose measure is not finite (a loss that overflowed) is left out of that mean "
+         f"and named. (c) Reported, not judged: per net, the slices whose {GRID_POINTS - 2} second differences are not all >= 0 (not convex). "
          f"Fewer than {MIN_SEEDS} seeds: INCONCLUSIVE. {BOTH_LEARNED_RULE}",
     runs=f"{PLAIN} and {RESNET} (cnnlab's CIFAR nets, BatchNorm) at 16x16 with degradation's recipe (He et al.'s: "
          "SGD momentum 0.9, weight decay 1e-4, lr 0.1 per 128 images at batch 64, cosine decay, no augmentation); "

@@ -116,9 +116,8 @@ def _more_than_one_value_per_channel(size) -> bool:
 # (or raises its own error) as without the mode.
 def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                 eps=1e-5) -> bool:
-    if input.dim() < 2 or not all(_channels_match(t, input.shape[1]) for t in (running_mean, running_var, weight, bias)):
-        return False
-    if not _real(eps) or eps <= 0:
+    statistics = (running_mean, running_var, weight, bias)
+    if input.dim() < 2 or not all(_channels_match(t, input.shape[1]) for t in statistics) or not _real(eps) or eps <= 0:
         return False
     if training:
         return _more_than_one_value_per_channel(input.shape)
