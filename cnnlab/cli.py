@@ -6,6 +6,7 @@ paragraph on stderr and exits with code 2 (with the traceback only under ``--deb
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
@@ -744,7 +745,7 @@ def experiment_cmd(
     summary = result.to_dict()
     if as_json:
         # kept: the result.json an earlier call finished there, read back and not measured again
-        print(json.dumps({**summary, "kept": bool(result.kept)}, indent=2, ensure_ascii=False))
+        _print_json_as_written({**summary, "kept": bool(result.kept)})
         return
     # The claim, its notes and the rule were said before the first run (run_experiment's statement); the verdicts
     # follow here, at the end
@@ -831,7 +832,7 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
     experiments = [get_experiment(name) for name in dict.fromkeys(names)] if names else list_experiments()
     items = [e.describe() for e in experiments]
     if as_json:
-        print(json.dumps(items, indent=2, ensure_ascii=False))
+        _print_json_as_written(items)
         return
 
     def say(text: str) -> None:
@@ -2447,6 +2448,14 @@ def _tolerant_stdout() -> None:
     if reconfigure is not None:
         with contextlib.suppress(ValueError, OSError):  # a closed or detached stream: nothing will be written
             reconfigure(errors="backslashreplace")
+
+
+def _print_json_as_written(value) -> None:
+    """Print ``value`` as JSON with its text as written (the lecture's Chinese quotes readable) where standard output
+    takes UTF-8, and with \\u escapes elsewhere: under PYTHONIOENCODING=ascii the escaped output of
+    :func:`_tolerant_stdout` wrote a folder named café as ``caf\\xe9``, which no JSON reader takes."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    print(json.dumps(value, indent=2, ensure_ascii=codecs.lookup(encoding).name != "utf-8"))
 
 
 # matplotlib's warning for a character its font cannot draw (a class name in another script): "Glyph 23454

@@ -431,6 +431,33 @@ def test_names_an_ascii_output_cannot_hold_are_written_escaped_not_an_internal_e
     assert b"caf\\xe9" in written.getvalue()
 
 
+@pytest.mark.parametrize("encoding", ["ascii", "utf-8"])
+def test_json_output_stays_json_whatever_the_output_encoding(tmp_path, monkeypatch, encoding):
+    """`experiment NAME --json` wrote its text unescaped, and under PYTHONIOENCODING=ascii the escaped output wrote a
+    folder named café as "caf\\xe9", which no JSON reader takes. In UTF-8 the text stays as written (the quotes of
+    `experiment list --json` readable)."""
+    import io
+
+    from cnnlab.cli import main
+
+    def printed(args: list[str]):
+        written = io.BytesIO()
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(written, encoding=encoding))
+        with pytest.raises(SystemExit) as done:
+            main(args)
+            raise SystemExit(0)
+        sys.stdout.flush()
+        assert done.value.code == 0
+        return written.getvalue().decode(encoding)
+
+    result = json.loads(printed(["experiment", "padding-stride", "--size", "tiny", "--json",
+                                 "--out", str(tmp_path / "café")]))
+    assert Path(result["out"]).name == "café"
+    listing = printed(["experiment", "list", "--json"])
+    assert "如果" in json.dumps(json.loads(listing), ensure_ascii=False)  # the notes' quotes, read back
+    assert ("如果" in listing) == (encoding == "utf-8")
+
+
 def test_a_table_wider_than_the_terminal_keeps_every_name_and_number_whole(monkeypatch):
     """In an 80-column terminal rich fitted the tables to it: `cnnlab models` cut 14 names to "preact_res…" (which
     then read alike) and `cnnlab summary resnet50` split 118,013,952 MACs over three lines as "118,0", "13,95",
