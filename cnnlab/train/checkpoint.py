@@ -146,7 +146,7 @@ def save_weights(path: str | Path, state_dict, meta: dict) -> Path:
 def _write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str) -> Path:
     path = Path(path)
     tensors = _prepare_for_saving(tensors)
-    metadata["checksum"] = _checksum(tensors)
+    metadata["checksum"] = tensors_checksum(tensors)
     # own_folder: safetensors writes through a temporary file of its own beside the one it is given
     with atomic_path(path, what, own_folder=True) as tmp:
         # Looked up on the module at call time (not imported by name) so a test can make it fail.
@@ -189,7 +189,7 @@ def _prepare_for_saving(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return prepared
 
 
-def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     """CRC-32 over every tensor's key, dtype, shape and bytes, in key order (about 2 GB/s)."""
     crc = 0
     for key in sorted(tensors):
@@ -667,7 +667,7 @@ def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]
     except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise _corrupt(path, err) from None
     expected = metadata.get("checksum")
-    if expected is not None and _checksum(tensors) != expected:
+    if expected is not None and tensors_checksum(tensors) != expected:
         raise _corrupt(path, "its tensor data does not match the checksum written with it")
     return metadata, tensors
 

@@ -668,9 +668,35 @@ def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: 
 def _settings(source: ProbeSource, data: DataConfig, base: RunConfig, steps: int, similarity: Optional[str],
               head_first: float, lr_mult: float) -> dict:
     """What every run in OUT depends on: a second run into OUT must repeat it (sizes and seeds may grow).
-    ``lr_mult``: the resolved factor of 'all' (:func:`pretrained_lr_mult`)."""
-    return {"source": source.identity, "data": asdict(data), "config": config_to_dict(base), "steps": steps,
-            "similarity": similarity, "head_first": head_first, "all_lr_mult": lr_mult}
+    ``lr_mult``: the resolved factor of 'all' (:func:`pretrained_lr_mult`). The source is its file's identity and
+    the checksum of the weights read from it (:func:`_same_source_by_weights`)."""
+    from cnnlab.train.checkpoint import tensors_checksum
+
+    return {"source": {**source.identity, "checksum": tensors_checksum(source.init.state_dict)}, "data": asdict(data),
+            "config": config_to_dict(base), "steps": steps, "similarity": similarity, "head_first": head_first,
+            "all_lr_mult": lr_mult}
+
+
+# Where the source's file lies and when it was written: what a ladder recorded of its source before it recorded the
+# checksum of its weights, and all the checksum needs to replace
+SOURCE_FILE_KEYS = ("path", "size", "mtime_ns")
+
+
+def _same_source_by_weights(recorded: dict, given: dict) -> None:
+    """Compare the source of two ladder settings by the checksum of its weights where both record one, not by its
+    file's place: an experiment keeps its source run inside OUT (``transfer``, ``from-scratch``), so a moved or
+    copied OUT named a new path and time and was refused. A record without a checksum (an older ladder's)
+    compares the file as before. Both dicts are changed in place."""
+    sources = [both.get("source") for both in (recorded, given)]
+    if not all(isinstance(source, dict) for source in sources):
+        return
+    if all("checksum" in source for source in sources):
+        for source in sources:
+            for key in SOURCE_FILE_KEYS:
+                source.pop(key, None)
+    else:
+        for source in sources:
+            source.pop("checksum", None)
 
 
 def _with_defaults(recorded: dict) -> dict:
@@ -707,6 +733,8 @@ def _check_resume(out: Path, settings: dict) -> None:
         config_mult = ((recorded.get("config") or {}).get("optim") or {}).get("backbone_lr_mult", 1.0)
         recorded["all_lr_mult"] = config_mult if config_mult != 1.0 else LECTURE_LR_MULT
     given = json.loads(json.dumps(settings))
+    if isinstance(recorded, dict):
+        _same_source_by_weights(recorded, given)
     for both in (recorded, given):  # keys a later cnnlab added were at their defaults in an older record
         if isinstance(both, dict) and isinstance(both.get("config"), dict):
             both["config"] = _with_defaults(both["config"])

@@ -213,6 +213,40 @@ def test_a_moved_ladder_reads_back_the_seconds_it_recorded_and_so_does_an_older_
         assert {r["run_dir"] for r in rewritten["runs"] if r["run_dir"]} == places  # relative again, as new records
 
 
+def test_a_ladder_moved_with_its_source_continues_and_other_weights_are_refused(ladder, source_run, tmp_path,
+                                                                                 monkeypatch):
+    """An experiment keeps its source run inside its folder (`experiment transfer`, `from-scratch`): moved or
+    copied, the source's file had another path and time, and the ladder refused to continue ("other settings
+    (source.path: ... given, ... recorded)"). The source is compared by the checksum of its weights; a record
+    written before it had one compares the file's place, as it did."""
+    _, out = ladder
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("every run had finished"))
+    moved = tmp_path / "moved"
+    source = shutil.copytree(source_run, moved / "source", copy_function=shutil.copy)  # new path, new times
+    shutil.copytree(out, moved / "ladder")
+    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())["settings"]["source"]
+    assert recorded["checksum"].startswith("crc32:")
+    assert run(source, moved / "ladder").runs  # read back, nothing trained
+    settings = json.loads((moved / "ladder" / ladder_lib.RESULT_FILE).read_text())["settings"]
+    assert settings["source"]["checksum"] == recorded["checksum"]
+    assert settings["source"]["path"] != recorded["path"]  # recorded where the source is now
+
+    other = json.loads(json.dumps(settings))
+    other["source"]["checksum"] = "crc32:00000000"  # other weights, wherever they lie
+    with pytest.raises(CnnlabError, match=r'other settings \(source.checksum: "crc32:00000000" given'):
+        ladder_lib._check_resume(moved / "ladder", other)
+
+    whole = (moved / "ladder" / ladder_lib.RESULT_FILE).read_text()
+    older = json.loads(whole)
+    del older["settings"]["source"]["checksum"]  # as a ladder recorded its source before
+    (moved / "ladder" / ladder_lib.RESULT_FILE).write_text(json.dumps(older))
+    ladder_lib._check_resume(moved / "ladder", settings)  # the same file where it was: continued
+    elsewhere = json.loads(json.dumps(settings))
+    elsewhere["source"]["path"] = str(source_run)
+    with pytest.raises(CnnlabError, match=r"other settings \(source.path: "):
+        ladder_lib._check_resume(moved / "ladder", elsewhere)
+
+
 def test_other_settings_in_the_same_folder_are_refused(ladder, source_run):
     _, out = ladder
     with pytest.raises(CnnlabError, match=rf"other settings \(steps: {STEPS + 1} given, {STEPS} recorded\)"):
