@@ -392,7 +392,7 @@ def _write_results(experiment: Experiment, result: ExperimentResult, out: Path, 
 
         # the page lies in out: runs named from there
         context = f"experiment {experiment.name} at --size {settings['size']}; {threads_line(threads, earlier)}"
-        write_report(runs, out / page, relative_to=out, context=context)
+        write_report(runs, out / page, relative_to=out, context=context, experiment_page=True)
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
 
 

@@ -30,7 +30,7 @@ from cnnlab.report.runs import (  # noqa: F401  (the package's API)
     read_run,
     runs_rows,
 )
-from cnnlab.run import REPORT_HTML_FILE, RunFolder
+from cnnlab.run import REPORT_HTML_FILE, RunFolder, is_experiment_folder
 
 
 def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Path:
@@ -53,6 +53,23 @@ def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Pa
             "that run's own page (`cnnlab train` writes it): this page would replace it. Name the file with --out "
             "(e.g. --out ../compare.html), or run the command from the folder above the runs.")
     return target
+
+
+def _refuse_an_experiments_page(target: Path, given: bool) -> None:
+    """Refuse to write ``target`` where it is one of the comparison pages a `cnnlab experiment` folder holds
+    (report.html, report-DATA.html): the page would replace the experiment's, and a rerun of the experiment, which
+    reads its kept result back, would not write it again. ``given``: whether --out named it."""
+    name = target.name
+    if not (name == REPORT_HTML_FILE or (name.startswith("report-") and name.endswith(".html"))):
+        return
+    if target.is_file() and is_experiment_folder(target.parent):
+        where = (f"--out '{display_name(str(target))}' is" if given else
+                 f"With no --out, this page would go to '{display_name(str(target))}', which is")
+        raise CnnlabError(f"{where} a comparison page of the experiment in "
+                          f"'{display_name(str(target.parent.resolve()))}' (`cnnlab experiment` writes it), which would be "
+                          "replaced, and not written again by the experiment while its result is kept. "
+                          "Name the file otherwise (e.g. --out compare.html), or write it outside the experiment's "
+                          "folder.")
 
 
 def _page_of(folders: Sequence[Path]) -> str:
@@ -121,10 +138,11 @@ def _progress(folders: Sequence[Path]) -> list[Optional[tuple[int, int]]]:
 
 def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
                  say: Optional[Callable[[str], None]] = None, relative_to: Optional[str | Path] = None,
-                 context: Optional[str] = None) -> Path:
+                 context: Optional[str] = None, experiment_page: bool = False) -> Path:
     """Write the report of ``paths`` (run folders, or `cnnlab search` folders meaning all their trials)
     atomically to ``out`` (default: :func:`default_report_path`) and return where it went; ``say``,
-    ``relative_to`` and ``context`` as in :func:`build_report`.
+    ``relative_to`` and ``context`` as in :func:`build_report`. ``experiment_page``: `cnnlab experiment` writing
+    its own comparison page, which any other page is refused to replace.
 
     A run still training may move on while its page is built: a page of it 'running' written after the run's
     own last page (which it writes as it finishes) would replace that page for good. So the page is built
@@ -150,6 +168,8 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
     else:
         # before any work: a comparison made inside a run folder would replace that run's page (refused)
         target = default_report_path(paths, folders) if paths else Path(REPORT_HTML_FILE)
+    if not experiment_page:
+        _refuse_an_experiments_page(target, given=out is not None)
     tell = say if say is not None else (lambda line: None)
     for _ in range(REPORT_TRIES):
         lines: list[str] = []

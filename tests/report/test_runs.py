@@ -1520,6 +1520,34 @@ def test_a_comparison_made_inside_a_run_folder_does_not_replace_its_page(runs, t
     assert (tmp_path / "compare.html").is_file()
 
 
+def test_a_comparison_does_not_replace_an_experiments_page(runs, tmp_path, cli, monkeypatch):
+    """`cd EXP && cnnlab report runs/a runs/b` (or --out EXP/report.html) wrote over the comparison page `cnnlab
+    experiment` wrote, without a word, and a rerun of the experiment, which read its kept result, did not write
+    it again. Refused as a run's own page is; another name in the folder is written."""
+    import json
+
+    from cnnlab.run import EXPERIMENT_SETTINGS_FILE
+
+    experiment = tmp_path / "exp"
+    _copy(runs["a"], experiment / "runs" / "a")
+    _copy(runs["b"], experiment / "runs" / "b")
+    (experiment / EXPERIMENT_SETTINGS_FILE).write_text(json.dumps({"experiment": "bn-lr", "size": "tiny"}))
+    pages = [experiment / "report.html", experiment / "report-digits.html"]
+    for page in pages:
+        page.write_text("the experiment's page")
+    monkeypatch.chdir(experiment)
+    code, _, err = cli(["report", "runs/a", "runs/b"])
+    assert code == 2 and "With no --out, this page would go to 'report.html'" in err and "Traceback" not in err
+    for page in pages:
+        code, _, err = cli(["report", "runs/a", "runs/b", "--out", str(page)])
+        assert code == 2 and "is a comparison page of the experiment in" in err, err
+    assert all(page.read_text() == "the experiment's page" for page in pages)
+    assert cli(["report", "runs/a", "runs/b", "--out", "report-mine.html"])[0] == 0
+    assert "<!DOCTYPE html>" in (experiment / "report-mine.html").read_text()
+    (experiment / EXPERIMENT_SETTINGS_FILE).unlink()  # no experiment's folder: its name is free
+    assert cli(["report", "runs/a", "runs/b"])[0] == 0 and "<!DOCTYPE html>" in pages[0].read_text()
+
+
 def test_values_past_what_a_float_sums_give_an_unknown_time_and_a_page(runs, tmp_path, cli):
     """A metrics.csv whose epoch_seconds add up past the largest float made `cnnlab runs --json` write "seconds":
     Infinity (not JSON) and its table crash, and a train_loss of 1.7e308 (finite) crashed the page's log axis."""
