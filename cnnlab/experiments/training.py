@@ -76,10 +76,13 @@ class RunOutcome:
     test_acc: Optional[float] = None  # the best checkpoint (by val accuracy) on the test split; None: not scored
     seconds: Optional[float] = None  # training time: the sum of the epochs' times
     curve: list[dict] = field(default_factory=list, repr=False)  # metrics.csv rows, one per epoch
+    # diverged in an earlier call: read back, not trained again (it would diverge again)
+    diverged_before: bool = field(default=False, repr=False)
 
     def row(self, **extra) -> dict[str, Any]:
-        """The table row: everything but the curve, with ``extra`` columns (the setting's values) first."""
-        values = {k: v for k, v in asdict(self).items() if k != "curve"}
+        """The table row: everything but the curve and ``diverged_before``, with ``extra`` columns (the setting's
+        values) first."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("curve", "diverged_before")}
         return {"setting": self.setting, **extra, **{k: v for k, v in values.items() if k != "setting"}}
 
 
@@ -193,7 +196,8 @@ def _evaluate(run_dir: Path) -> float:
         return evaluate_run(run_dir, "test")[0]
 
 
-def _outcome(setting: str, seed: int, run_dir: Path, status: str, evaluate: bool = True) -> RunOutcome:
+def _outcome(setting: str, seed: int, run_dir: Path, status: str, evaluate: bool = True,
+             diverged_before: bool = False) -> RunOutcome:
     from cnnlab.train.engine import read_metrics_rows
 
     rows = read_metrics_rows(run_dir)
@@ -204,7 +208,8 @@ def _outcome(setting: str, seed: int, run_dir: Path, status: str, evaluate: bool
         train_loss=last.get("train_loss"), train_acc=last.get("train_acc"), val_loss=last.get("val_loss"),
         val_acc=last.get("val_acc"), best_val_acc=max(vals) if vals else None,
         test_acc=_evaluate(run_dir) if evaluate and status != DIVERGED and RunFolder(run_dir).best.is_file() else None,
-        seconds=float(sum(r.get("epoch_seconds") or 0.0 for r in rows)), curve=rows)
+        seconds=float(sum(r.get("epoch_seconds") or 0.0 for r in rows)), curve=rows,
+        diverged_before=diverged_before)
 
 
 def _diverged_before(folder: RunFolder) -> bool:
@@ -237,7 +242,7 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool
                 "again to train that run anew.")
         return _outcome(setting, seed, run_dir, READ, evaluate)
     if _diverged_before(folder):  # the same config would diverge again
-        return _outcome(setting, seed, run_dir, DIVERGED)
+        return _outcome(setting, seed, run_dir, DIVERGED, diverged_before=True)
     quiet = Console(file=io.StringIO())  # the per-epoch lines stay in the run folder
     try:
         with quiet_notes():
@@ -282,8 +287,8 @@ def run_line(place: str, outcome: RunOutcome, seconds: float, evaluate: bool = T
     """A finished run's line: ``place`` ("run 3 of 12"), the run (SETTING/seedK, its folder under OUT/runs, padded
     to ``width``), its last epoch's training loss ("loss": the only loss the line shows), one accuracy: the test
     split's when the run is scored there (``evaluate``), else the validation split's, and the time it took here;
-    "read back" stands in the time's place for a run an earlier call finished (reading it back takes a moment that
-    says nothing about the run). The time ends the line unbracketed, as in the training epochs' lines.
+    "read back" stands in the time's place for a run an earlier call finished or saw diverge (reading it back takes
+    a moment that says nothing about the run). The time ends the line unbracketed, as in the training epochs' lines.
 
     Made to fit 80 columns for every experiment's longest run name at the most seeds it takes, with the widest
     values (a loss with an exponent, 100.00%, "59 min 59 s"): preact's "run 20 of 20  preact_resnet18/seed9  loss
@@ -291,7 +296,7 @@ def run_line(place: str, outcome: RunOutcome, seconds: float, evaluate: bool = T
     table keeps both accuracies of every run."""
     accuracy = f"test {_pct(outcome.test_acc)}" if evaluate else f"val {_pct(outcome.val_acc)}"
     shown = "diverged" if outcome.status == DIVERGED else f"loss {_fmt(outcome.train_loss)}, {accuracy}"
-    ending = "read back" if outcome.status == READ else duration_text(seconds)
+    ending = "read back" if outcome.status == READ or outcome.diverged_before else duration_text(seconds)
     return f"{place}  {run_name(outcome.setting, outcome.seed):<{width}}  {shown}  {ending}"
 
 

@@ -229,8 +229,12 @@ def test_a_diverged_run_is_counted_not_raised(tmp_path):
     assert outcome.status == DIVERGED and outcome.test_acc is None
     assert summary_rows([outcome], ["huge-lr"], ["test_acc"])[0]["diverged"] == 1
     assert seed_stats([outcome], "huge-lr", "test_acc").n == 0
-    [again] = train_settings(_context(tmp_path), {"huge-lr": config})  # not retrained: it would diverge again
+    said = []
+    [again] = train_settings(_context(tmp_path, said=said), {"huge-lr": config})  # not retrained: it would diverge again
     assert again.status == DIVERGED
+    # its line says so, as a finished run's does, not "0.0 s" as if it had been run again in no time
+    assert said == ["run 1 of 1  huge-lr/seed0  diverged  read back"]
+    assert again.row() == outcome.row()  # the table reads the same
 
 
 # --- run_experiment with a training experiment ---------------------------------------------
