@@ -35,7 +35,10 @@ lr, so decay it (plateau_no_decay); the loss plateaued long before the decay (la
 still falling when the lr was decayed (early_decay).
 
 Every number a rule compares against lives in :class:`Thresholds`. A rule whose input is too short to
-judge (a run of a few epochs or steps) finds nothing, and a NOTE (rule NOT_CHECKED) names it.
+judge (a run of a few epochs or steps) finds nothing, and a NOTE (rule NOT_CHECKED) names it. A run folder's
+diagnosis also notes a run that has not trained all its epochs (UNFINISHED: interrupted, stopped or still running,
+as its status.json says; still_improving then points to the epochs it has to go, not to more epochs) and a
+metrics.csv that lost rows of epochs status.json records as finished (CUT_EPOCHS, or LOST_EPOCHS when none is left).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,13 @@ NO_EPOCHS = "no_epochs"  # the rule of the NOTE that metrics.csv holds no finish
 # the rule of the NOTE that metrics.csv lost the epochs status.json records as finished: no verdict on the curves
 LOST_EPOCHS = "lost_epochs"
 NOT_CHECKED = "not_checked"  # the rule of the NOTE naming the rules a run too short for them could not check
+# the rule of the NOTE that metrics.csv lost its last rows (of epochs status.json records as finished) but holds some:
+# the rules read the epochs left
+CUT_EPOCHS = "cut_epochs"
+# the rule of the NOTE that the run has not trained all its epochs (interrupted, stopped, or still running): its
+# curves end where it stopped, not where its schedule does
+UNFINISHED = "unfinished"
+UNFINISHED_STATES = ("interrupted", "stopped", "running")  # cnnlab.report.runs.read_run's states of such a run
 # A NaN/inf val loss while every training loss is finite: evaluation broke (BatchNorm's running statistics), not training
 VAL_NOT_FINITE = "val_not_finite"
 # A climb the run came back from, read without the class count: a recovered spike, or a collapse to a constant
@@ -844,19 +854,30 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                           f"'{display_name(str(steps_path))}' {_no_rows(steps_path, steps_skipped)}: there is nothing to "
                           f"diagnose in '{display_name(str(run_dir))}'. A verdict needs at least one recorded step "
                           "or epoch; train (or resume) the run first.")
-    notes = [Finding("input", NOTE, f"{counted(len(skipped), 'line')} of {name} left out",
+    finished, last = _recorded_epochs(folder), (metrics[-1].get("epoch") if metrics else None)
+    # rows cut from the end since they were written (the case of none left is below): the cut line, if any, is
+    # named in this note, not in an "input" note that would call it a run stopped while writing it
+    cut = bool(metrics) and isinstance(last, int) and finished > last
+    notes = [] if not cut else [Finding(
+        CUT_EPOCHS, NOTE, f"{METRICS_FILE} lacks some of the run's finished epochs",
+        f"its last complete row is epoch {last}"
+        + "".join(f" ({where} {why.partition(': the run stopped')[0]})" for where, why in metrics_skipped)
+        + f", but {STATUS_FILE} records {counted(finished, 'finished epoch')}; the rules read the first {last} only",
+        f"The file was cut since those epochs were written: restore {METRICS_FILE} from a copy for a verdict on the "
+        "whole run.")]
+    notes += [Finding("input", NOTE, f"{counted(len(skipped), 'line')} of {name} left out",
                      "; ".join(f"{where} {why}" for where, why in skipped),
                      f"Nothing to fix: {counted(len(rows), kind + ' row')} {'was' if len(rows) == 1 else 'were'} "
                      "read; a run stopped mid-write leaves its last line unfinished.")
              for name, skipped, rows, kind in ((METRICS_FILE, metrics_skipped, metrics, "epoch"),
-                                               (STEPS_FILE, steps_skipped, steps, "step")) if skipped]
+                                               (STEPS_FILE, steps_skipped, steps, "step"))
+              if skipped and not (cut and name == METRICS_FILE)]
     findings = diagnose(metrics, steps, run_num_classes(run_dir), thresholds, run_aux_heads(run_dir))
     if not metrics:
         # Most rules read epochs (train/val accuracy, the lr an epoch ended with): with none, only the step
         # rules (diverged, flat_start, noisy_loss) had anything to read. A run whose loss diverged in its first
         # epoch has nothing to resume: the remedy is the diverged finding's, then a new run.
         diverged = any(finding.rule == "diverged" for finding in findings)
-        finished = _recorded_epochs(folder)
         if finished and not diverged:  # the run had finished epochs: its metrics.csv was emptied or cut since
             notes.append(Finding(LOST_EPOCHS, NOTE, f"{METRICS_FILE} holds none of the run's finished epochs",
                                  f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}, but {STATUS_FILE} "
@@ -872,7 +893,34 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                                  "The loss diverged before the first epoch ended: apply the diverged finding's remedy "
                                  "and train the run again." if diverged else
                                  "Train (or resume) the run past its first epoch, then diagnose it again."))
+    unfinished = _unfinished(run_dir) if metrics else None
+    if unfinished is not None:
+        notes.append(unfinished)
+        # "Train longer (raise train.epochs)" would send the user to a new run, when this one has epochs to go
+        findings = [replace(finding, remedy=f"Let the run train the rest of its epochs first ({NOTE} {UNFINISHED}"
+                                            "): its val accuracy may level off there.")
+                    if finding.rule == "still_improving" else finding for finding in findings]
     return notes + findings
+
+
+def _unfinished(run_dir: Path) -> Finding | None:
+    """A NOTE when the run's status says it stopped before its last epoch (a Ctrl-C, a killed process) or is still
+    training: the curves end there, and the rules read a run cut short. Its evidence is what `cnnlab runs` says of
+    the run ("interrupted (Ctrl-C) after 8 of 40 epochs; `cnnlab train --resume RUN` continues it."). None for a
+    finished run, and where the run's files cannot tell."""
+    from cnnlab.report.runs import read_run
+
+    try:
+        record = read_run(run_dir, diagnose=False)
+    except CnnlabError:  # not a run folder cnnlab train wrote (no config.yaml): the curves alone are read
+        return None
+    if record.state not in UNFINISHED_STATES:
+        return None
+    going = record.state == "running"
+    return Finding(UNFINISHED, NOTE, "The run is still training" if going else "The run stopped before its last epoch",
+                   record.state_note.rstrip("."),
+                   "Its curves end at its last finished epoch: diagnose it again once it has finished." if going else
+                   "Its curves end where it stopped: diagnose it again once it has trained all its epochs.")
 
 
 def _recorded_epochs(folder: RunFolder) -> int:
@@ -899,8 +947,9 @@ def findings_text(findings: list[Finding]) -> str:
     """Plain text, one block per finding (``WARN rule: title`` then evidence and remedy, indented).
 
     NOTE findings (about the input) come first; with nothing else, the text ends by saying the curves
-    show no problem (by the rules that could read them, after a NOT_CHECKED note), or, when no epoch has
-    finished (a NO_EPOCHS note), that there is nothing to diagnose yet.
+    show no problem (by the rules that could read them, after a NOT_CHECKED note; the curves so far of an
+    UNFINISHED run, the epochs left after CUT_EPOCHS), or, when no epoch has finished (a NO_EPOCHS note), that
+    there is nothing to diagnose yet.
     """
     blocks = [f"{f.verdict} {f.rule}: {f.title}\n  evidence: {f.evidence}\n  remedy: {f.remedy}" for f in findings]
     if all(f.verdict == NOTE for f in findings):
@@ -908,10 +957,12 @@ def findings_text(findings: list[Finding]) -> str:
             blocks.append("Nothing to diagnose yet: no epoch has finished, so there is no verdict on the curves.")
         elif any(f.rule == LOST_EPOCHS for f in findings):
             blocks.append(f"No verdict on the curves: the run's finished epochs are not in its {METRICS_FILE}.")
-        elif any(f.rule == NOT_CHECKED for f in findings):
-            blocks.append("No problems found in the curves by the rules that could read them.")
         else:
-            blocks.append("No problems found in the curves.")
+            # the curves read are those of a cut metrics.csv, or of a run that has not trained all its epochs
+            read = ("the epochs left in its metrics file" if any(f.rule == CUT_EPOCHS for f in findings) else
+                    "the curves so far" if any(f.rule == UNFINISHED for f in findings) else "the curves")
+            could = " by the rules that could read them" if any(f.rule == NOT_CHECKED for f in findings) else ""
+            blocks.append(f"No problems found in {read}{could}.")
     return "\n".join(blocks)
 
 

@@ -210,6 +210,45 @@ def test_a_run_with_no_finished_epoch_gets_no_verdict(tmp_path, cli):
     assert "no epoch has finished" not in text and "the run's finished epochs are not in its metrics.csv" in text
 
 
+def test_a_metrics_file_cut_since_its_epochs_finished_is_named_not_called_a_stop_mid_write(tmp_path, cli):
+    """A finished 8-epoch run whose metrics.csv was cut to 4 rows and part of a fifth: the note said "the run
+    stopped while writing it" and "Nothing to fix", though status.json records 8 finished epochs."""
+    rows = "".join(f"{e},{10 * e},{0.3 - 0.01 * e},0.95,0.3,0.94,0.1\n" for e in range(1, 5))
+    run = _run(tmp_path, HEADER + rows + "5,50,1.5", None)
+    (run / "status.json").write_text('{"state": "finished", "epoch": 8, "epochs": 8}')
+    findings = diagnose_run(run)
+    assert [f.rule for f in findings if f.verdict == NOTE][0] == "cut_epochs"
+    (cut,) = [f for f in findings if f.rule == "cut_epochs"]
+    assert "its last complete row is epoch 4" in cut.evidence and "line 6 cut short" in cut.evidence
+    assert "status.json records 8 finished epochs" in cut.evidence and "restore metrics.csv" in cut.remedy
+    assert not any(f.rule == "input" for f in findings)  # the cut line is this note's, not a stop mid-write
+    assert "stopped while writing" not in findings_text(findings)
+    code, out, _ = cli(["diagnose", str(run)])
+    assert code == 0 and "No problems found in the epochs left in its metrics file" in out
+    (run / "status.json").write_text('{"state": "finished", "epoch": 4, "epochs": 4}')  # as written: no note
+    assert [f.rule for f in diagnose_run(run) if f.verdict == NOTE][0] == "input"
+
+
+def test_an_interrupted_run_is_noted_and_still_improving_points_to_its_epochs_to_go(tmp_path, cli):
+    """A run stopped by Ctrl-C at epoch 8 of 40 got "still_improving: Train longer (raise train.epochs)" and
+    "Nothing to fix in a short run", with no word that it had 32 epochs to go and how to continue it."""
+    rows = "".join(f"{e},{10 * e},{2.0 - 0.1 * e},{0.5 + 0.03 * e},2.1,{0.5 + 0.03 * e},0.1\n" for e in range(1, 9))
+    run = _run(tmp_path, HEADER + rows, None)
+    (run / "config.yaml").write_text("model:\n  name: lenet5\ntrain:\n  epochs: 40\n")
+    (run / "last.safetensors").write_bytes(b"")  # what --resume continues from: named in the note
+    (run / "status.json").write_text('{"state": "interrupted", "epoch": 8, "epochs": 40}')
+    findings = diagnose_run(run)
+    (note,) = [f for f in findings if f.rule == "unfinished"]
+    assert note.verdict == NOTE and "interrupted (Ctrl-C) after 8 of 40 epochs" in note.evidence
+    assert f"cnnlab train --resume {run}" in note.evidence
+    (improving,) = [f for f in findings if f.rule == "still_improving"]
+    assert "the rest of its epochs" in improving.remedy and "raise train.epochs" not in improving.remedy
+    (run / "status.json").write_text('{"state": "finished", "epoch": 8, "epochs": 8}')
+    findings = diagnose_run(run)
+    assert not any(f.rule == "unfinished" for f in findings)
+    assert "raise train.epochs" in [f for f in findings if f.rule == "still_improving"][0].remedy
+
+
 def test_the_readers_accept_what_the_writers_write(tmp_path):
     """Every column, empty EMA cells, a byte order mark a spreadsheet adds, CRLF line ends, blank lines."""
     header = ",".join(METRIC_COLUMNS)
