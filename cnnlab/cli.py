@@ -1704,15 +1704,22 @@ def search_cmd(
                           "refine": plan.refinement.to_dict() if plan.refinement is not None else None,
                           "counts": results.counts, "best": results.best, "trials": results.rows,
                           "files": {k: str(v) for k, v in paths.items()}}, indent=2))
-        return
-    print_table(_search_table(results, list(plan.space)))
     counts = ", ".join(f"{n} {state.lower()}" for state, n in results.counts.items())
-    console.print(f"trials: {counts}")
-    for name, path in paths.items():
-        console.print(f"{name:8s} {path}", markup=False)
-    if "best" in paths:
-        # quoted for the shell, as every suggested command: a search folder's name may hold spaces
-        console.print(f"train it: cnnlab train --config {shlex.quote(str(paths['best']))}", markup=False)
+    if not as_json:
+        print_table(_search_table(results, list(plan.space)))
+        console.print(f"trials: {counts}")
+        for name, path in paths.items():
+            console.print(f"{name:8s} {path}", markup=False)
+        if "best" in paths:
+            # quoted for the shell, as every suggested command: a search folder's name may hold spaces
+            console.print(f"train it: cnnlab train --config {shlex.quote(str(paths['best']))}", markup=False)
+    if results.best is None:  # exit 1: `search && train --config OUT/best.yaml` stops here, with the reason
+        held = ", ".join(f"{n} {search_lib.STATE_WORDS.get(state, state.lower())}" for state, n in results.counts.items())
+        print(f"no trial completed ({held}), so the search has no best trial and wrote no best.yaml: each failed "
+              f"trial's error is in {shlex.quote(str(paths['results']))} (its error column). Fix what they name (a "
+              "learning rate that diverges: a lower range in the space), then search again with a new --out or "
+              "--study.", file=sys.stderr)
+        sys.exit(1)
 
 
 def _range_texts(*params) -> list[str]:

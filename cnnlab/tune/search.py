@@ -49,6 +49,7 @@ import time
 import types
 import typing
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -343,6 +344,11 @@ def narrow_space(space: dict[str, Param], best_params: list[dict]) -> dict[str, 
     return narrowed
 
 
+# Optuna's trial states as a sentence counts them ("2 failed, 1 pruned")
+STATE_WORDS = {"COMPLETE": "completed", "FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running",
+               "WAITING": "waiting"}
+
+
 def best_trials(study, share: float = REFINE_TOP_SHARE, minimum: int = REFINE_TOP_MIN) -> list:
     """The best completed trials: the top ``share``, at least ``minimum`` (when there are that many)."""
     import optuna
@@ -499,6 +505,15 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     attrs = coarse.user_attrs
     coarse_space = {key: Param(**fields) for key, fields in attrs["space"].items()}
     top = best_trials(coarse)
+    if not top:  # the coarse search ran, and no trial of it completed: say what became of them
+        states = Counter(STATE_WORDS.get(trial.state.name, trial.state.name.lower())
+                         for trial in coarse.get_trials(deepcopy=False))
+        held = ", ".join(f"{count} {state}" for state, count in states.items()) or "none"
+        raise CnnlabError(f"Nothing to refine: no trial of the coarse search '{study_name}' in '{storage}' completed "
+                          f"(its trials: {held}), so there is no best trial to narrow the ranges around. Each "
+                          "failed trial's error is in its row of the coarse search's results.csv; fix what they "
+                          "name (a learning rate that diverges: a lower range in the space) and run the coarse "
+                          "search again in a new --out or --study.")
     narrowed = narrow_space(coarse_space, [trial.params for trial in top])
     recorded = config_from_dict(attrs["base"])
     start = recorded

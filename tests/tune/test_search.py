@@ -251,6 +251,26 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert all(Path(r["run_dir"]).is_dir() for r in results.rows if r["state"] == "COMPLETE")
 
 
+def test_a_search_in_which_no_trial_completed_exits_1_and_refine_names_how_its_trials_ended(cli, tmp_path):
+    """Every trial failed: the search ended with exit code 0 and no best.yaml (so `search && train --config
+    OUT/best.yaml` went on to a missing file), and --refine then said "Run the coarse search first"."""
+    space = write_space(tmp_path, {"optim.lr": {"low": 1e20, "high": 1e22, "log": True}})  # every trial diverges
+    out = tmp_path / "search"
+    code, stdout, err = cli(["search", *QUICK, "--space", str(space), "--trials", "2", "--epochs", "1",
+                             "--out", str(out), "--pruner", "none", "--set", "train.precision=fp32"])
+    assert code == 1, err
+    assert "no trial completed (2 failed), so the search has no best trial and wrote no best.yaml" in err
+    assert f"error is in {out / 'results.csv'}" in err and "Traceback" not in err
+    assert not (out / "best.yaml").exists() and "train it:" not in stdout
+    assert [row["state"] for row in csv.DictReader((out / "results.csv").open())] == ["FAIL", "FAIL"]
+    code, stdout, _ = cli(["search", *QUICK, "--space", str(space), "--trials", "2", "--epochs", "1", "--out",
+                           str(out), "--pruner", "none", "--set", "train.precision=fp32", "--json"])  # full: read
+    assert code == 1 and json.loads(stdout)["best"] is None
+    code, _, err = cli(["search", *QUICK, "--refine", "--trials", "2", "--out", str(out)])
+    assert code == 2 and "no trial of the coarse search 'search'" in err and "(its trials: 2 failed)" in err
+    assert "Run the coarse search first" not in err
+
+
 def test_best_yaml_records_the_data_path_as_the_trials_did(cli, tmp_path, monkeypatch):
     """best.yaml kept --data folder:pics as typed, while every trial's config.yaml recorded where it led: trained
     from another folder, it read nothing ('pics' does not exist). It records the path as a run does."""
