@@ -1318,7 +1318,24 @@ def refuse_held_folder(folder: RunFolder) -> None:
                           "--out.")
     if folder.last.exists():
         raise CnnlabError(f"'{where}' already holds a run. Continue it with --resume, or choose another --out.")
+    _refuse_another_commands_folder(folder)
     _refuse_files_of_no_run(folder)
+
+
+def _refuse_another_commands_folder(folder: RunFolder) -> None:
+    """Refuse a `cnnlab search` folder or an experiment's as a new run's folder: the run's files would mix with
+    the study's or the experiment's, and `cnnlab runs` would list the search folder as a run beside its trials."""
+    from cnnlab.report.runs import is_search_folder
+    from cnnlab.run import EXPERIMENT_SETTINGS_FILE, SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, is_experiment_folder
+
+    if is_search_folder(folder.path):
+        what = f"a `cnnlab search` folder (it holds {SEARCH_TRIALS_DIR}/ or {SEARCH_STUDY_FILE})"
+    elif is_experiment_folder(folder.path):
+        what = f"a `cnnlab experiment` folder (its {EXPERIMENT_SETTINGS_FILE} names the experiment)"
+    else:
+        return
+    raise CnnlabError(f"'{display_name(str(folder.path))}' is {what}: a run trained there would mix its files with "
+                      "what is there. Train into a new or empty folder (another --out).")
 
 
 def _refuse_files_of_no_run(folder: RunFolder) -> None:

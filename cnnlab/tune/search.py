@@ -818,6 +818,22 @@ def check_study_resumable(settings: SearchSettings) -> None:
         check_resume(settings, study.user_attrs)
 
 
+def _refuse_another_commands_folder(out: Path) -> None:
+    """Refuse a search folder that is a training run's or an experiment's: the study, its trials/ and its results
+    would be written among that folder's files (and `cnnlab runs` would list the run beside the trials)."""
+    from cnnlab.run import CONFIG_FILE, EXPERIMENT_SETTINGS_FILE, is_experiment_folder
+
+    if RunFolder(out).is_run():
+        what = f"a training run's folder (it has its {CONFIG_FILE})"
+    elif is_experiment_folder(out):
+        what = f"a `cnnlab experiment` folder (its {EXPERIMENT_SETTINGS_FILE} names the experiment)"
+    else:
+        return
+    raise CnnlabError(f"The search folder '{display_name(str(out))}' is {what}: the search writes its study, "
+                      f"{SEARCH_TRIALS_DIR}/ and its results there, which would mix with what is there. Give the "
+                      "search a folder of its own (another --out).")
+
+
 def load_finished_study(url: str, study_name: str):
     """An existing study, read-only use (the coarse search that --refine narrows)."""
     import optuna
@@ -1594,6 +1610,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                           "where step 5 trains at a constant lr); a coarse search always trains with the config's "
                           "schedule. Add --refine, or leave out --keep-schedule.")
     check_output_folder(out, "The search folder", holds_runs=True)  # created once the space and the data have passed their checks
+    _refuse_another_commands_folder(Path(out))
     url = storage_url(out, storage)
     refinement = None
     if refine:

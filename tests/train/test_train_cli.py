@@ -146,6 +146,37 @@ def test_a_run_without_its_config_file_is_not_sent_between_resume_and_a_new_run(
     assert cli(["train", "--resume", str(run)])[0] == 0
 
 
+def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experiments(cli, tmp_path):
+    """`search --out RUN` wrote study.db, trials/ and results.csv beside a run's files, and `train --out SEARCH`
+    a run's files beside a study's (`cnnlab runs` then listed the search folder as a run beside its trials). Each
+    is refused before anything is written, and so is an experiment's folder."""
+    import json
+
+    from cnnlab.run import EXPERIMENT_SETTINGS_FILE
+
+    run = tmp_path / "run"
+    assert cli(["train", *QUICK, "--out", str(run)])[0] == 0
+    before = sorted(path.name for path in run.iterdir())
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 0.01, high: 0.1}\n")
+    searching = ["search", *[arg for arg in QUICK if arg not in ("--quiet", "--epochs", "2")], "--space", str(space),
+                 "--trials", "1"]
+    code, _, err = cli([*searching, "--out", str(run)])
+    assert code == 2 and "is a training run's folder (it has its config.yaml)" in err, err
+    assert sorted(path.name for path in run.iterdir()) == before
+    search = tmp_path / "search"
+    (search / "trials").mkdir(parents=True)
+    code, _, err = cli(["train", *QUICK, "--out", str(search)])
+    assert code == 2 and "is a `cnnlab search` folder" in err and sorted(search.iterdir()) == [search / "trials"]
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    (experiment / EXPERIMENT_SETTINGS_FILE).write_text(json.dumps({"experiment": "bn-lr"}))
+    for args in (["train", *QUICK], searching):
+        code, _, err = cli([*args, "--out", str(experiment)])
+        assert code == 2 and "is a `cnnlab experiment` folder" in err, err
+        assert [path.name for path in experiment.iterdir()] == [EXPERIMENT_SETTINGS_FILE]
+
+
 # --- the shortcuts of every training command ----------------------------------------------------
 
 SHORTCUTS = {"--lr": "0.05", "--batch-size": "16", "--seed": "7", "--device": "cpu"}
