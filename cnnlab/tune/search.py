@@ -284,8 +284,16 @@ def _flag(entry: dict, name: str, default: bool, where: str) -> bool:
 def load_space(path: str | Path, base: RunConfig, grid: Optional[bool] = None) -> dict[str, Param]:
     """Read and check a search-space YAML file (safe loader); ``grid`` as :func:`parse_space` takes it."""
     path = Path(path)
-    if not path.is_file():
-        raise CnnlabError(f"The search-space file '{display_name(str(path))}' does not exist.")
+    shown = display_name(str(path))
+    if path.is_dir():
+        raise CnnlabError(f"The search-space file '{shown}' is a folder, not a file: name a YAML file of ranges, e.g. "
+                          "'optim.lr: {low: 1.0e-4, high: 1.0, log: true}'.")
+    if not path.exists():
+        raise CnnlabError(f"The search-space file '{shown}' does not exist.")
+    if not path.is_file():  # a pipe (`--space <(...)`, a FIFO) or a device, as load_config refuses it
+        raise CnnlabError(f"The search-space file '{shown}' is not a regular file (a pipe, such as the shell's "
+                          "<(...), or a device): a pipe gives its text only once. Write the space to a file and name "
+                          "that file.")
     try:
         data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:

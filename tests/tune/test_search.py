@@ -622,6 +622,12 @@ def test_missing_space_and_refine_without_a_study_exit_2(cli, tmp_path):
     space = write_space(tmp_path, {"optim.lr": {"low": 1.0, "high": 0.1}})
     code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o")])
     assert code == 2 and "'optim.lr'" in err and "reversed" in err
+    # a folder, or a pipe (the shell's <(...)), was said not to exist
+    code, out, err = cli(["search", *QUICK, "--space", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2 and "is a folder, not a file" in err
+    os.mkfifo(tmp_path / "pipe")
+    code, out, err = cli(["search", *QUICK, "--space", str(tmp_path / "pipe"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "is not a regular file (a pipe" in err
 
 
 def test_grid_search_runs_every_point_once_and_the_median_pruner_stops_hopeless_trials(tmp_path):
