@@ -220,6 +220,7 @@ def parse_space(data, base: RunConfig, source: str = "the search space",
             choices = entry["choices"]
             if not isinstance(choices, list) or not choices:
                 raise CnnlabError(f"{where}: choices must be a non-empty list.")
+            _refuse_repeats(choices, "choices", where)
             param = Param(key, choices=choices)
             samples = choices
         else:
@@ -240,6 +241,10 @@ def parse_space(data, base: RunConfig, source: str = "the search space",
                 raise CnnlabError(f"{where}: a log range needs positive bounds, got low={low:g}. Use log: false or "
                                   "a positive low.")
             integer = _flag(entry, "int", kind is int, where)
+            if integer and kind is float:
+                raise CnnlabError(f"{where}: int: true draws whole numbers, but '{key}' is a real-valued setting "
+                                  "(int: true is for a builder option, model.options.NAME, which declares no type). "
+                                  "Leave out int, or list the values to try as choices.")
             if integer:
                 # Rounded inwards: every value drawn lies in the range written ([0.5, 3] epochs draws 1..3, not 0)
                 whole_low, whole_high = math.ceil(low), math.floor(high)
@@ -254,6 +259,8 @@ def parse_space(data, base: RunConfig, source: str = "the search space",
             values = entry.get("values")
             if values is not None and (not isinstance(values, list) or not values):
                 raise CnnlabError(f"{where}: values must be a non-empty list, got {values!r}.")
+            if values is not None:
+                _refuse_repeats(values, "values", where)
             param = Param(key, low=low, high=high, log=log, integer=integer, points=points, values=values)
             samples = [low, high, *(values or [])]
         for sample in samples:
@@ -302,6 +309,20 @@ def load_space(path: str | Path, base: RunConfig, grid: Optional[bool] = None) -
         raise CnnlabError(f"Cannot read the search-space file '{display_name(str(path))}': {err} "
                           f"({err.where()}).") from None
     return parse_space(data, base, source=f"'{display_name(str(path))}'", grid=grid)
+
+
+def _refuse_repeats(items: list, name: str, where: str) -> None:
+    """Refuse a list of choices (or a grid's values) that names one value twice: a grid search ran that point
+    twice, and a random search drew it twice as often, without a word. Equal values count as one (1 and 1.0)."""
+    repeated = []  # each value as it is first listed
+    for number, item in enumerate(items):
+        firsts = [earlier for earlier in items[:number] if earlier == item]
+        if firsts and not any(item == seen for seen in repeated):
+            repeated.append(firsts[0])
+    if repeated:
+        raise CnnlabError(f"{where}: {name} {items!r} name {', '.join(map(repr, repeated))} more than once: a grid "
+                          f"search would run that point twice, and a random search draw it more often. List each "
+                          "once.")
 
 
 def space_dict(space: dict[str, Param]) -> dict:

@@ -80,6 +80,12 @@ def test_parse_space_types_and_grid_values():
         ({"optim.lr": {"low": 0.1, "high": 1, "step": 2}}, "has the unknown field step"),
         ({"optim.name": {"choices": ["sgd", "adam"]}}, "choose one of sgd, adamw"),
         ({"train.batch_size": {"choices": []}}, "non-empty list"),
+        # a repeated choice ran its grid point twice, with no word; a whole number drawn for a real-valued key
+        ({"optim.lr": {"choices": [0.01, 0.01, 0.02]}}, "name 0.01 more than once"),
+        ({"train.batch_size": {"choices": [16, 16.0, 32]}}, "name 16 more than once"),
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, 0.05]}}, "values [0.05, 0.05] name 0.05"),
+        ({"optim.weight_decay": {"low": 0, "high": 3, "int": True}}, "is a real-valued setting"),
+        ({"model.drop_rate": {"low": 0, "high": 0.9, "int": True}}, "is a real-valued setting"),
         ([], "non-empty mapping"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "points": "abc"}}, "points must be a whole number"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "points": 2.5}}, "points must be a whole number"),
