@@ -864,9 +864,15 @@ def _refuse_another_commands_folder(out: Path) -> None:
 
 
 def load_finished_study(url: str, study_name: str):
-    """An existing study, read-only use (the coarse search that --refine narrows)."""
+    """An existing study, read-only use (the coarse search that --refine narrows). Nothing is created: an SQLite
+    file that is not there holds no study (opening it would create an empty database)."""
     import optuna
 
+    database = sqlite_file(url)
+    if database is not None and not database.exists():
+        raise CnnlabError(f"There is no coarse search '{study_name}' in '{url}' to refine: the file does not exist. "
+                          "Run it first (without --refine), or name its folder with --out or its storage with "
+                          "--storage.")
     storage = open_storage(url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -1624,7 +1630,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     them, but the dotted keys ``keep_aug`` (the command's ``--set aug.KEY``), and a note says so.
     """
     from cnnlab.errors import check_count, check_path_argument
-    from cnnlab.io import check_out_is_named, check_output_folder
+    from cnnlab.io import check_out_is_named, check_output_folder, remove_if_empty
 
     out = check_path_argument(out, "out", "the search folder")
     check_out_is_named(out, "the study and its trials", "Name a folder for the search.", name="out")
@@ -1681,7 +1687,6 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         check_trial_schedule(base, params, epochs)
         prefix, space_name = study_files(study)
         space_file = out / space_name
-    out.mkdir(parents=True, exist_ok=True)  # a refused search leaves no empty folder behind
     fields = {key: asdict(param) for key, param in params.items()}
     grid_points = grid_size(fields) if grid else None
     settings = SearchSettings(base=config_to_dict(base), space=fields, out=str(out), storage=url, study_name=study,
@@ -1689,7 +1694,14 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                               pruner=pruner, seed=base.train.seed if seed is None else seed,
                               threads=worker_threads(workers),
                               refinement=refinement.to_dict() if refinement is not None else None)
-    check_study_resumable(settings)  # a resumed study's space file is not overwritten by another space
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # only now: a search refused above leaves no empty folder behind
+    try:
+        check_study_resumable(settings)  # a resumed study's space file is not overwritten by another space
+    except CnnlabError:  # a --storage that cannot be opened, or a study with other settings
+        if created:
+            remove_if_empty(out)
+        raise
     if refinement is None:
         from cnnlab.io import write_text_atomic
 

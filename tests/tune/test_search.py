@@ -618,6 +618,7 @@ def test_bad_storage_and_options_exit_2(cli, tmp_path, extra, message):
     space = write_space(tmp_path)
     code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o"), *extra])
     assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # a storage that cannot be opened left an empty --out folder
 
 
 def test_missing_space_and_refine_without_a_study_exit_2(cli, tmp_path):
@@ -625,6 +626,9 @@ def test_missing_space_and_refine_without_a_study_exit_2(cli, tmp_path):
     assert code == 2 and "--space is needed" in err
     code, out, err = cli(["search", *QUICK, "--refine", "--out", str(tmp_path / "o")])
     assert code == 2 and "no coarse search 'search'" in err
+    (tmp_path / "empty").mkdir()  # a folder without a study: refused, and no empty study.db is left in it
+    code, out, err = cli(["search", *QUICK, "--refine", "--out", str(tmp_path / "empty")])
+    assert code == 2 and "no coarse search 'search'" in err and list((tmp_path / "empty").iterdir()) == []
     space = write_space(tmp_path, {"optim.lr": {"low": 1.0, "high": 0.1}})
     code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o")])
     assert code == 2 and "'optim.lr'" in err and "reversed" in err
