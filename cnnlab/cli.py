@@ -1490,8 +1490,9 @@ def lr_find_cmd(
 
         from cnnlab.train.logging import loss_text
 
+        # no bar where the output is no terminal: rich then printed an empty line as the first line of the output
         with Progress(TextColumn("lr-find"), BarColumn(), TextColumn("{task.fields[text]}"), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("sweep", total=steps, text="")
 
             def progress(step, total, lr, loss):

@@ -200,6 +200,7 @@ def test_lr_find_without_a_suggestion_says_there_is_none_and_why(cli, monkeypatc
     monkeypatch.setattr(lr_find, "lr_sweep", lambda config, **kwargs: flat)
     code, out, err = cli(["lr-find", *DIGITS, "--set", "optim.lr=0.1", "--out", str(tmp_path / "lr.png")])
     assert code == 0, err
+    assert out.startswith("suggested step lr")  # no empty first line: the progress bar shows on a terminal only
     lines = out.splitlines()
     first = next(line for line in lines if line.startswith("suggested"))
     assert first == "suggested step lr (batch 32): none   (configured optim.lr 0.1)"
