@@ -800,6 +800,14 @@ def test_values_that_overflowed_deep_inside_are_refused_with_their_range(sets, w
     assert words in str(refused.value)
 
 
+def test_a_rate_too_high_is_named_once_not_again_as_one_for_loaded_weights():
+    """optim.lr=1e32 was refused twice in one message, the second time as "optim.backbone_lr_mult=1 times optim.lr
+    ... for the loaded weights", with no weights loaded: the product is checked only where the factor raises it."""
+    with pytest.raises(CnnlabError) as refused:
+        apply_overrides(RunConfig(), ["optim.lr=1e32"])
+    assert "optim.lr=1e+32 is above 1e+30" in str(refused.value) and "backbone_lr_mult" not in str(refused.value)
+
+
 def test_lr_find_and_check_name_the_set_keys_only_a_training_run_reads(cli, tmp_path):
     # --set train.epochs=50 or train.ema=true was taken by lr-find and check and did nothing without a word; a
     # config file's such keys are its run's, and say nothing
