@@ -38,6 +38,8 @@ NAMED_FORMATS = {".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscrip
 # the largest logit (at least 1): float32 rounding differs by a few parts in 1e7 of the values summed, and a barely
 # trained network's logits reach hundreds (densenet121 after one epoch: 422, its float-exact ONNX export 2.4e-4 off)
 TOLERANCE = 1e-4
+# the resize predict and evaluation run (cnnlab.data.images.resize_uint8), as the export's metadata names it
+RESIZE_FUNCTION = "torchvision.transforms.v2.functional.resize(image, [height, width], antialias=True)"
 
 
 def preprocessing(loaded: LoadedModel) -> dict:
@@ -56,6 +58,10 @@ def preprocessing(loaded: LoadedModel) -> dict:
         shape = "shape (B, channels, image_size, image_size)"
         resize = ("the short side resized to image_size (bilinear, antialiased; the long side keeps the aspect ratio, "
                   "truncated to whole pixels), then centre-cropped to image_size x image_size")
+    # Which resize, by name: PIL's Image.resize(BILINEAR) antialiases with other weights, and its probabilities
+    # differed from predict's by up to 1.6e-3 (13 test images)
+    resize += (f"; the resize is {RESIZE_FUNCTION} on the uint8 image tensor (C, H, W), to whose pixels predict's "
+               "agree exactly; PIL's Image.resize gives slightly different pixels")
     # How predict and evaluation read an image (cnnlab.data.images.read_image), so that a deployment
     # reproduces their numbers: a squashed resize or another gray formula gives other probabilities.
     pixels = ("uint8 after the EXIF orientation, 16-bit gray images scaled to 8 bits (value * 255 / 65535, rounded), "
