@@ -486,6 +486,22 @@ def test_a_safetensors_file_cut_short_is_damaged_even_when_its_header_length_sta
         assert "pickle" not in str(error.value) and "damaged" in str(error.value), str(error.value)
 
 
+def test_a_file_that_is_no_checkpoint_is_not_called_one_a_full_disk_damaged(tmp_path):
+    """A run's metrics.csv handed over as the checkpoint was "damaged or not a safetensors file ... It may have been
+    cut short by a full disk": a file neither named nor shaped as a checkpoint is not one. One named .safetensors
+    is still called damaged (a cut-short header)."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train_loss\n1,10,2.1\n")
+    for load in (load_checkpoint, read_meta, load_weights):
+        with pytest.raises(CnnlabError) as error:
+            load(path)
+        assert "is not a checkpoint" in str(error.value) and "full disk" not in str(error.value), str(error.value)
+    named = tmp_path / "best.safetensors"
+    named.write_bytes(path.read_bytes())
+    with pytest.raises(CnnlabError, match="is damaged or not a safetensors file"):
+        load_checkpoint(named)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated; exports still make it
 def test_an_exported_model_is_named_for_what_it_is(tmp_path):
     """`cnnlab export`'s files handed to a loader: named as TorchScript or ONNX, with where the checkpoint is."""
