@@ -209,7 +209,8 @@ def skipped_count(skipped: list[dict]) -> str:
 
 def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: list[dict]) -> CnnlabError:
     named = ", ".join(f"'{_shown(item)}'" for item in inputs)
-    found = (f"none of the {counted(len(files), 'image file')} could be decoded" if files
+    # "file", not "image file": a file named on the command line is tried whatever it holds (notes.txt)
+    found = (f"none of the {counted(len(files), 'file')} read could be decoded as an image" if files
              else "no image files were found")
     listed = f"; {skipped_text([(row['path'], row['reason']) for row in skipped])}" if skipped else ""
     return CnnlabError(f"Nothing to predict in {named}: {found}{listed}. Name image files "

@@ -92,8 +92,13 @@ def test_only_undecodable_images_exit_2(checkpoint, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "half.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    with pytest.raises(CnnlabError, match=r"none of the 1 image file could be decoded.*half\.png.*Cannot decode"):
+    with pytest.raises(CnnlabError, match=r"none of the 1 file read could be decoded as an image.*half\.png.*Cannot"):
         predict_files(checkpoint, [folder])
+    notes = tmp_path / "notes.txt"  # named on purpose, so tried: it was called "1 image file"
+    notes.write_text("hello")
+    with pytest.raises(CnnlabError) as refused:
+        predict_files(checkpoint, [notes])
+    assert "image file could" not in str(refused.value) and "1 file read could be decoded as" in str(refused.value)
 
 
 def test_nonexistent_input_is_a_clear_error(checkpoint, tmp_path, cli):
