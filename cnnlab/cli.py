@@ -1749,7 +1749,9 @@ def _search_table(results, keys: list[str], limit: int = 15) -> Table:
     columns = _search_columns(shown, keys)
     for index, row in enumerate(shown):
         acc = "" if row["val_acc"] is None else f"{row['val_acc']:.2%}"
-        seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
+        # tenths under 10 s, as the trial lines show a short trial's time (a 0.4 s trial read 0 here)
+        seconds = ("" if row["seconds"] is None else f"{row['seconds']:.1f}" if row["seconds"] < 10
+                   else f"{row['seconds']:.0f}")
         table.add_row(str(row["number"]), row["state"].lower(), acc, str(row["epochs"] or ""), seconds,
                       *(columns[key][index] for key in keys))
     return table

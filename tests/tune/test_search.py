@@ -1382,6 +1382,10 @@ def test_the_results_table_title_counts_the_trials_it_shows_not_a_best_failed_on
             for number, (state, acc) in enumerate([("COMPLETE", 0.5), ("FAIL", None)])]
     title = _table_text(_search_table(search.SearchResults(rows=rows, best=rows[0]), ["optim.lr"])).splitlines()[0]
     assert title.strip() == "2 trials, best val accuracy first"
+    seconds = [line.split("│")[5].strip() for line in _table_text(_search_table(search.SearchResults(
+        rows=[dict(rows[0], seconds=0.4), dict(rows[0], number=1, seconds=42.4)], best=rows[0]), ["optim.lr"]))
+        .splitlines() if line.startswith("│ ")]
+    assert seconds == ["0.4", "42"]  # a trial under a second read 0
     many = [dict(rows[0], number=number) for number in range(17)]
     title = _table_text(_search_table(search.SearchResults(rows=many, best=many[0]), ["optim.lr"])).splitlines()[0]
     assert title.strip() == "the first 15 of 17 trials, best val accuracy first"
