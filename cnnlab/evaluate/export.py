@@ -60,8 +60,9 @@ def preprocessing(loaded: LoadedModel) -> dict:
                   "truncated to whole pixels), then centre-cropped to image_size x image_size")
     # Which resize, by name: PIL's Image.resize(BILINEAR) antialiases with other weights, and its probabilities
     # differed from predict's by up to 1.6e-3 (13 test images)
-    resize += (f"; the resize is {RESIZE_FUNCTION} on the uint8 image tensor (C, H, W), to whose pixels predict's "
-               "agree exactly; PIL's Image.resize gives slightly different pixels")
+    resize += (f"; the resize is {RESIZE_FUNCTION} on the uint8 image tensor (C, H, W), whose pixels predict's "
+               "equal (but for an image enlarged to it that is more than twice as long as it is wide, which "
+               "predict crops before it enlarges it: within 1 grey level); PIL's Image.resize gives other pixels")
     # How predict and evaluation read an image (cnnlab.data.images.read_image), so that a deployment
     # reproduces their numbers: a squashed resize or another gray formula gives other probabilities.
     pixels = ("uint8 after the EXIF orientation, 16-bit gray images scaled to 8 bits (value * 255 / 65535, rounded), "

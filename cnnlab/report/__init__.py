@@ -56,20 +56,30 @@ def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Pa
 
 
 def _refuse_an_experiments_page(target: Path, given: bool) -> None:
-    """Refuse to write ``target`` where it is one of the comparison pages a `cnnlab experiment` folder holds
-    (report.html, report-DATA.html): the page would replace the experiment's, and a rerun of the experiment, which
-    reads its kept result back, would not write it again. ``given``: whether --out named it."""
-    name = target.name
-    if not (name == REPORT_HTML_FILE or (name.startswith("report-") and name.endswith(".html"))):
+    """Refuse to write ``target`` where it is one of the comparison pages the kept result of a `cnnlab experiment`
+    folder lists (its ``reports``: report.html, report-DATA.html): the page would replace the experiment's, and a
+    rerun of the experiment, which reads its kept result back, would not write it again. A page of an unfinished
+    experiment is written again when it finishes; any other name in the folder is the user's. ``given``: whether
+    --out named it."""
+    import json
+
+    from cnnlab.experiments.base import RESULT_FILE
+
+    folder = target.parent
+    if not (target.is_file() and is_experiment_folder(folder)):
         return
-    if target.is_file() and is_experiment_folder(target.parent):
-        where = (f"--out '{display_name(str(target))}' is" if given else
-                 f"With no --out, this page would go to '{display_name(str(target))}', which is")
-        raise CnnlabError(f"{where} a comparison page of the experiment in "
-                          f"'{display_name(str(target.parent.resolve()))}' (`cnnlab experiment` writes it), which would be "
-                          "replaced, and not written again by the experiment while its result is kept. "
-                          "Name the file otherwise (e.g. --out compare.html), or write it outside the experiment's "
-                          "folder.")
+    try:
+        pages = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8")).get("reports") or []
+    except (OSError, ValueError, AttributeError):  # no kept result (unfinished), or one that cannot be read
+        return
+    if target.name not in pages:
+        return
+    where = (f"--out '{display_name(str(target))}' is" if given else
+             f"With no --out, this page would go to '{display_name(str(target))}', which is")
+    raise CnnlabError(f"{where} a comparison page of the experiment in '{display_name(str(folder.resolve()))}' "
+                      "(`cnnlab experiment` wrote it), which would be replaced, and not written again by the "
+                      "experiment while its result is kept. Name the file otherwise (e.g. --out compare.html), or "
+                      "write it outside the experiment's folder.")
 
 
 def _page_of(folders: Sequence[Path]) -> str:

@@ -712,9 +712,10 @@ def _refuse_non_safetensors(path: Path) -> None:
             "trust it, convert its weights once: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{path}', weights_only=True), 'weights.safetensors')\" "
             "(for a plain state dict of tensors) and load weights.safetensors instead.")
-    if path.suffix != ".safetensors":
-        # Neither named nor shaped like one (a file cut short keeps its first bytes): not a checkpoint damaged by a
-        # full disk, as the message below would have it, but another file named by mistake (a run's metrics.csv)
+    if path.suffix != ".safetensors" and start[8:9] != b"{":
+        # Neither named nor shaped like one (a file cut short keeps its first bytes, its header's length and '{'):
+        # not a checkpoint damaged by a full disk, as the message below would have it, but another file named by
+        # mistake (a run's metrics.csv)
         raise CnnlabError(f"'{display_name(str(path))}' is not a checkpoint: it neither starts as a safetensors "
                           f"file nor is named .safetensors. Name a run folder, or its {CHECKPOINT_BEST} or "
                           f"{CHECKPOINT_LAST}.")

@@ -848,13 +848,16 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
             raise CnnlabError(f"'{display_name(str(path))}' is not a file, so the run's curves cannot be read from it. {point}")
     metrics_skipped: list[tuple[str, str]] = []
     steps_skipped: list[tuple[str, str]] = []
+    # status.json before metrics.csv: a live run writes an epoch's row first, then its status, so read in this
+    # order the status never counts an epoch the rows lack unless they were cut
+    finished = _recorded_epochs(folder)
     metrics, steps = read_metrics(metrics_path, metrics_skipped), read_steps(steps_path, steps_skipped)
     if not metrics and not steps:
         raise CnnlabError(f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path, metrics_skipped)} and "
                           f"'{display_name(str(steps_path))}' {_no_rows(steps_path, steps_skipped)}: there is nothing to "
                           f"diagnose in '{display_name(str(run_dir))}'. A verdict needs at least one recorded step "
                           "or epoch; train (or resume) the run first.")
-    finished, last = _recorded_epochs(folder), (metrics[-1].get("epoch") if metrics else None)
+    last = metrics[-1].get("epoch") if metrics else None
     # rows cut from the end since they were written (the case of none left is below): the cut line, if any, is
     # named in this note, not in an "input" note that would call it a run stopped while writing it
     cut = bool(metrics) and isinstance(last, int) and finished > last

@@ -259,7 +259,7 @@ def parse_space(data, base: RunConfig, source: str = "the search space",
             values = entry.get("values")
             if values is not None and (not isinstance(values, list) or not values):
                 raise CnnlabError(f"{where}: values must be a non-empty list, got {values!r}.")
-            if values is not None:
+            if values is not None and grid is not False:  # a random search never reads them (noted above)
                 _refuse_repeats(values, "values", where)
             param = Param(key, low=low, high=high, log=log, integer=integer, points=points, values=values)
             samples = [low, high, *(values or [])]

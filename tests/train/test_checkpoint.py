@@ -500,6 +500,11 @@ def test_a_file_that_is_no_checkpoint_is_not_called_one_a_full_disk_damaged(tmp_
     named.write_bytes(path.read_bytes())
     with pytest.raises(CnnlabError, match="is damaged or not a safetensors file"):
         load_checkpoint(named)
+    # a checkpoint cut short inside its header, under another name, still starts as one: damaged
+    cut = tmp_path / "cut.weights"
+    cut.write_bytes((0x400).to_bytes(8, "little") + b'{"__metadata__": {"format": "cnnlab')
+    with pytest.raises(CnnlabError, match="is damaged or not a safetensors file"):
+        load_checkpoint(cut)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated; exports still make it

@@ -229,6 +229,28 @@ def test_a_metrics_file_cut_since_its_epochs_finished_is_named_not_called_a_stop
     assert [f.rule for f in diagnose_run(run) if f.verdict == NOTE][0] == "input"
 
 
+def test_a_live_run_whose_epoch_ends_while_it_is_read_is_not_called_cut(tmp_path, monkeypatch):
+    """A run writes an epoch's metrics row, then its status.json: read in the other order, an epoch that ended
+    between the two reads made a live run's healthy metrics.csv "cut" (restore it from a copy)."""
+    from cnnlab.tune import diagnose as diagnose_lib
+
+    rows = "".join(f"{e},{10 * e},{0.3 - 0.01 * e},0.95,0.3,0.94,0.1\n" for e in range(1, 5))
+    run = _run(tmp_path, HEADER + rows, None)
+    status = run / "status.json"
+    status.write_text('{"state": "finished", "epoch": 4, "epochs": 8}')
+    read = diagnose_lib.read_metrics
+
+    def epoch_ends_after_the_rows_are_read(path, skipped=None):
+        found = read(path, skipped)
+        with open(run / "metrics.csv", "a") as metrics:  # the engine: the next row, then the status
+            metrics.write("5,50,0.25,0.95,0.3,0.94,0.1\n")
+        status.write_text('{"state": "finished", "epoch": 5, "epochs": 8}')
+        return found
+
+    monkeypatch.setattr(diagnose_lib, "read_metrics", epoch_ends_after_the_rows_are_read)
+    assert not any(f.rule == "cut_epochs" for f in diagnose_run(run))
+
+
 def test_an_interrupted_run_is_noted_and_still_improving_points_to_its_epochs_to_go(tmp_path, cli):
     """A run stopped by Ctrl-C at epoch 8 of 40 got "still_improving: Train longer (raise train.epochs)" and
     "Nothing to fix in a short run", with no word that it had 32 epochs to go and how to continue it."""

@@ -64,6 +64,9 @@ def test_parse_space_types_and_grid_values():
     # an integer key is rounded inwards: every draw lies in the range written (round() made [0.5, 3.7] 0..4)
     inward = parse_space({"train.epochs": {"low": 0.5, "high": 3.7}}, base_config())["train.epochs"]
     assert (inward.low, inward.high) == (1, 3)
+    # a random search reads no grid values (a note says so): repeated ones are no reason to refuse its space
+    drawn = parse_space({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, 0.05]}}, base_config(), grid=False)
+    assert (drawn["optim.lr"].low, drawn["optim.lr"].high) == (0.01, 0.1)
 
 
 @pytest.mark.parametrize(
