@@ -307,10 +307,31 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
                           "whose folder does not exist. Create that folder, or remove the link.")
     if suffixes and path.suffix.lower() not in suffixes:
         raise CnnlabError(f"{option} '{path}' must be a {' or '.join(suffixes)} file.")
+    if path.suffix.lower() == ".png" and not _replaceable_plot(path):
+        raise CnnlabError(f"{option} '{display_name(str(path))}' is an image that no plot wrote (a photo, or an image "
+                          "of a data set): the plot would replace it. Name another file, or move that one away first.")
     problem = _folder_problem(path.parent, bytes_needed)
     if problem:
         raise CnnlabError(f"{option} '{path}' cannot be written: {problem}.")
     return path
+
+
+def _replaceable_plot(path: Path) -> bool:
+    """Whether a plot may be written over ``path``: nothing is there, or a PNG that matplotlib wrote (cnnlab's plots
+    are matplotlib's, and say so in the file's Software entry), or a file that cannot be read as an image at all.
+    A photo or a data set's image is kept: `cnnlab data show --out DATA/test/0/0020.png` replaced one."""
+    if not path.is_file():
+        return True
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            software = image.info.get("Software")
+    except Image.DecompressionBombError:  # a photo too large for PIL's default check: an image all the same
+        return False
+    except (OSError, UnidentifiedImageError, ValueError):
+        return True  # no image to keep (a write cut short, or another file with the suffix)
+    return isinstance(software, str) and software.startswith("Matplotlib")
 
 
 def check_names_a_file(path: str | Path, option: str = "--out", example: str = "output") -> None:

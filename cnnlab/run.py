@@ -245,8 +245,32 @@ def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] 
     if checkpoint is not None:
         name += f"-{slug(checkpoint)}"
     if data is not None:
-        name += f"-on-{slug(data)}"
+        name += f"-on-{data_slug(data)}"
     return name
+
+
+def data_slug(spec: str) -> str:
+    """A --data spec as an eval folder's name part: its slug (``cifar10``); for a folder or a CSV, the last name of
+    its path and a digest of the absolute path (``folder-hold-1a2b3c4d``), so that two folders of one name (``--data
+    folder:hold`` run in two working folders) get a folder each, and one folder named two ways (``folder:a/b``,
+    ``folder:./a/b/``) one."""
+    import hashlib
+
+    kind, rest = _data_key(spec)
+    if kind in ("folder", "csv") and rest:
+        digest = hashlib.sha256(rest.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        return f"{slug(f'{kind}-{Path(rest).name}')}-{digest}"
+    return slug(spec)
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with a folder's or a CSV's path made absolute from the working folder, as a run records its own
+    (:func:`cnnlab.config.record_paths`): what an eval on other data records, so that `cnnlab runs`, run from
+    another folder, still matches it with the data it measured. Any other spec as it is."""
+    kind, _, rest = spec.partition(":")
+    if kind.strip().lower() in ("folder", "csv") and rest.strip():
+        return f"{kind.strip().lower()}:{_path_key(rest)}"
+    return spec
 
 
 EVAL_FOLDER_PATTERN = eval_folder_name("*", "*", False)  # glob, "eval-*-*": matches the -ema folders too
@@ -279,8 +303,11 @@ def _data_key(spec: str) -> tuple[str, str]:
     kind = DATA_ALIASES.get(kind, kind)
     if kind in ("folder", "csv") and rest.strip():
         # as an absolute path: a run records folder:imgs as the absolute path it read (config.record_paths)
-        rest = _path_key(rest)
-    return kind, rest.strip()
+        return kind, _path_key(rest)
+    # without spaces, as the loader reads the options and records them (DataSet.spec): a run trained on
+    # "synthetic: classes=3, train=60" was never matched with the eval of its own data
+    rest = rest.replace(" ", "")
+    return kind, rest.lower() if kind.startswith("cifar") else rest
 
 
 def same_path(one: str, other: str) -> bool:

@@ -208,3 +208,25 @@ def test_a_write_takes_the_copies_a_killed_earlier_write_of_its_file_left(tmp_pa
         os.utime(leftover, (time.time() - 60, time.time() - 60))
     io.write_text_atomic(path, "whole")
     assert path.read_text() == "whole" and not killed.exists() and other.exists()
+
+
+def test_a_plot_is_not_written_over_an_image_no_plot_wrote(tmp_path):
+    """`cnnlab data show --out DATA/test/0/0020.png` replaced an image of the data set with its grid: a .png output
+    that is there is replaced only where matplotlib wrote it (a plot of an earlier call), or where it is no image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from cnnlab.io import check_output_file, save_png
+
+    photo = tmp_path / "0020.png"
+    Image.new("L", (8, 8), 128).save(photo)
+    with pytest.raises(CnnlabError, match="is an image that no plot wrote"):
+        check_output_file(photo, "--out", (".png",))
+    plot = save_png(plt.figure(), tmp_path / "plot.png")
+    assert check_output_file(plot, "--out", (".png",)) == plot  # an earlier plot: replaced
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n")  # no image to keep
+    assert check_output_file(tmp_path / "cut.png", "--out", (".png",)).name == "cut.png"
+    assert check_output_file(tmp_path / "new.png", "--out", (".png",)).name == "new.png"

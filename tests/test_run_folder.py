@@ -405,6 +405,9 @@ def test_same_data_reads_specs_as_the_loader_does():
     assert same_data("csv:~/labels.csv", f"csv:{Path.home() / 'labels.csv'}")
     assert not same_data("digits", "fashion-mnist") and not same_data("folder:imgs", "folder:other")
     assert not same_data("cifar100", "cifar100:coarse") and not same_data("synthetic:classes=3", "synthetic")
+    # the loader reads options without their spaces, and an eval records them so: a run trained on the spaced
+    # spec never counted the eval of its own data as its test accuracy
+    assert same_data("synthetic: classes=3, train=60", "synthetic:classes=3,train=60")
 
 
 def test_one_rule_matches_an_older_records_path_to_a_place_in_its_folder(tmp_path):

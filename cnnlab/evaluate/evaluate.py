@@ -31,6 +31,7 @@ from cnnlab.run import (
     MEASURED_KEY,
     MetaKey,
     RunFolder,
+    absolute_spec,
     same_data,
 )
 from cnnlab.threads import keeps_thread_setting, tick
@@ -53,6 +54,10 @@ def check_scales(scales) -> None:
     if bad:
         raise CnnlabError(f"scales={shown_value(list(scales))}: each scale must be a number between {low:g} and "
                           f"{high:g}, got {shown_value(bad[0])}.")
+    twice = [scale for number, scale in enumerate(scales) if float(scale) in map(float, scales[:number])]
+    if twice:  # as resnet10crop's short sides (check_short_side_list)
+        raise CnnlabError(f"--scales {_listed(scales)} names the scale {float(twice[0]):g} more than once: its views "
+                          "would count twice in the average. Name each scale once.")
 
 
 def _listed(values) -> str:
@@ -133,8 +138,9 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
 
     data_config = replace(loaded.config.data, channels=loaded.in_chans, image_size=loaded.image_size)
     if data is not None:
-        # named here, read from the working folder: the run's record of how its own spec was typed does not apply
-        data_config = replace(data_config, spec=data, spec_typed=None)
+        # named here, read from the working folder (its path recorded absolute, as a run records its own): the
+        # run's record of how its own spec was typed does not apply
+        data_config = replace(data_config, spec=absolute_spec(data), spec_typed=None)
     if originals:
         data_config = replace(data_config, in_memory=False)
     dataset = load_source(data_config)

@@ -681,10 +681,9 @@ def _read_any_json(path: Path, problems: list[str]) -> object:
 
 def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> tuple[Optional[float], bool]:
     """(top1 of eval-test-none, else of the first other eval-test-* folder (by name, the raw weights' before the
-    EMA's), counting only the evals
-    of the run's own checkpoint (best, else last) on its own data: an eval of last.safetensors, a snapshot
-    or other data (written to eval-...-last, eval-...-on-DATA; by older versions to eval-test-none too)
-    is not the run's test accuracy, and neither is a stale one (weights a resume has replaced since) nor one that
+    EMA's), counting only the evals of the run's own checkpoint (best, else last) on its own data's test split: an
+    eval of last.safetensors, a snapshot, another split (eval --out) or other data (written to eval-...-last,
+    eval-...-on-DATA; by older versions to eval-test-none too) is not the run's test accuracy, and neither is a stale one (weights a resume has replaced since) nor one that
     measured another run's weights (EvalRecord.elsewhere, from the weights it records); whether an eval that
     would have counted went stale: evaluating again gives the test accuracy back, which an eval of last does not)."""
     own_path = _own(folder)  # None: no checkpoint left (a damaged run): the evals it had still name theirs
@@ -700,6 +699,9 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> tuple
             continue
         checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
         if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:
+            continue
+        split = record.metrics.get("split")
+        if isinstance(split, str) and split != "test":  # another split's eval written there (eval --out)
             continue
         if isinstance(evaluated_on, str) and isinstance(data, str) and not same_data(evaluated_on, data):
             continue

@@ -777,6 +777,9 @@ def test_bad_checkpoints_and_options_exit_2(runs, tmp_path, cli):
         (["eval", str(runs["members"][0]), "--tta", "20crop"], "choose one of none, flip"),
         (["eval", str(runs["members"][0]), "--split", "holdout"], "no 'holdout' split"),
         (["eval", str(runs["members"][0]), "--scales", "0.9,big"], "comma-separated numbers"),
+        # a scale given twice counted its views twice in the average, as a repeated resnet10crop side would
+        (["eval", str(runs["members"][0]), "--tta", "multiscale", "--scales", "0.9,1,1.1,1.10"],
+         "names the scale 1.1 more than once"),
         (["predict", str(runs["members"][0]), str(tmp_path / "nothing.png")], "does not exist"),
         (["export", str(runs["members"][0]), "--format", "tflite"], "choose torchscript or onnx"),
     ]

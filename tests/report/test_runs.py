@@ -992,6 +992,47 @@ def test_held_runs_counts_only_what_holds_results(runs, tmp_path, cli):
     assert skipped["grid-seed1"] == f"a search folder whose {SEARCH_TRIALS_DIR}/ holds no run yet"
 
 
+def test_evals_on_folders_of_one_name_keep_apart_and_record_the_data_they_read(runs, tmp_path, monkeypatch):
+    """`eval --data folder:hold` recorded the path as typed: run from two working folders, the second eval replaced
+    the first (one eval folder for both), and `cnnlab runs` from another folder could not match the record with
+    the data it named. Each path gets its folder, and the record its absolute path."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "run"))
+    meta = read_checkpoint_meta(folder.checkpoint())
+    rng = np.random.default_rng(0)
+    for place in ("A", "B"):
+        for split in ("train", "test"):
+            for name in meta["classes"]:
+                (tmp_path / place / "hold" / split / name).mkdir(parents=True)
+                for number in range(3):
+                    pixels = rng.integers(0, 256, (meta["image_size"],) * 2, dtype=np.uint8)
+                    Image.fromarray(pixels).save(tmp_path / place / "hold" / split / name / f"{number}.png")
+    written = {}
+    for place in ("A", "B"):
+        monkeypatch.chdir(tmp_path / place)
+        result = run_eval(folder.path, data="folder:hold", split="test", mistakes=0)
+        written[place] = Path(result["files"]["metrics"]).parent
+        assert json.loads((written[place] / "metrics.json").read_text())["data"] == f"folder:{tmp_path / place / 'hold'}"
+    assert written["A"] != written["B"] and written["A"].name.startswith("eval-test-none-on-folder-hold-")
+    assert all((written[place] / "metrics.json").is_file() for place in written)  # none replaced the other
+
+
+def test_an_eval_of_another_split_written_where_the_test_eval_goes_is_not_the_test_accuracy(runs, tmp_path):
+    """`eval RUN --split train --out RUN/eval-test-none` was read as the run's test accuracy by `cnnlab runs` and
+    the run's page."""
+    from cnnlab.evaluate.evaluate import run_eval
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "run"))
+    assert read_run(folder.path).test_acc is not None
+    run_eval(folder.path, split="train", mistakes=0, out=folder.path / "eval-test-none")  # replaces the test eval
+    assert read_run(folder.path).test_acc is None
+
+
 def test_an_eval_of_another_checkpoint_or_data_gets_its_own_folder_and_is_not_the_test_accuracy(runs, tmp_path):
     from cnnlab.evaluate.evaluate import run_eval
 
