@@ -1357,12 +1357,13 @@ def _setup_interrupted_text(stopped, run_dir: Path, resume: bool) -> str:
             "same command to start the run.")
 
 
-def _print_diagnosis(run_dir: Path, save: bool = False) -> list:
-    """Read the run's curves for the lecture's warning signs; print them (and keep them as diagnosis.txt)."""
+def _print_diagnosis(run_dir: Path, save: bool = False, run_state: Optional[tuple[str, str]] = None) -> list:
+    """Read the run's curves for the lecture's warning signs; print them (and keep them as diagnosis.txt).
+    ``run_state``: as diagnose_run takes it (:func:`_run_state`)."""
     from cnnlab.io import write_text_atomic
     from cnnlab.tune.diagnose import diagnose_run, findings_text
 
-    findings = diagnose_run(run_dir)
+    findings = diagnose_run(run_dir, run_state=run_state)
     text = findings_text(findings)
     if save:  # first: a closed stdout (`| head`) ends the printing below, not the run's record
         write_text_atomic(RunFolder(run_dir).diagnosis, text + "\n", "the curve diagnosis")
@@ -1574,12 +1575,26 @@ def diagnose_cmd(
     from cnnlab.tune.diagnose import diagnose_run, findings_json
 
     if as_json:
-        findings = diagnose_run(run)
+        findings = diagnose_run(run, run_state=_run_state(run))
         print(json.dumps({"run": display_name(str(run)), "findings": findings_json(findings)}, indent=2))
     else:
-        findings = _print_diagnosis(run)
+        findings = _print_diagnosis(run, run_state=_run_state(run))
     if any(finding.verdict == "FAIL" for finding in findings):
         sys.exit(1)
+
+
+def _run_state(run: Path) -> Optional[tuple[str, str]]:
+    """(state, one-sentence note) of the run in ``run`` as `cnnlab runs` reads them ("interrupted", "interrupted
+    (Ctrl-C) after 8 of 40 epochs; ..."), for diagnose's note on a run that has not trained all its epochs; None
+    for a folder that is no run `cnnlab train` wrote (diagnose then reads its curves alone, or says what is
+    missing)."""
+    from cnnlab.report.runs import read_run
+
+    try:
+        record = read_run(run, diagnose=False)
+    except CnnlabError:
+        return None
+    return record.state, record.state_note
 
 
 def _config_file_epochs(config: Optional[Path]) -> Optional[int]:

@@ -105,6 +105,7 @@ RUN_STATES = ("running", "finished", "interrupted", "diverged", "failed", "prune
 # What `cnnlab eval` writes in its folder (RunFolder.eval_folder), and where `cnnlab search` keeps its trials' runs.
 # An experiment's folder (cnnlab.experiments): written before its first run, and what tells the folder apart
 EXPERIMENT_SETTINGS_FILE = "settings.json"
+EXPERIMENT_RESULT_FILE = "result.json"  # written last: a finished experiment's result, which a rerun reads back
 EVAL_METRICS_FILE = "metrics.json"
 EVAL_CONFUSION_FILE = "confusion.json"
 EVAL_CONFUSION_PNG = "confusion.png"
@@ -418,6 +419,13 @@ def refuse_a_runs_own_file(path: str | Path, option: str = "--out") -> None:
     if path.name in RUN_FILES and RunFolder(path.parent).is_run():
         raise CnnlabError(f"{option} '{display_name(str(path))}' is the run's own {path.name}, which its training "
                           "wrote: this would replace it. Give the file a name of its own.")
+
+
+def is_search_folder(path: str | Path) -> bool:
+    """A `cnnlab search` output folder: it has a trials/ folder holding the trials' run folders, or the
+    study database a search writes before its first trial starts."""
+    # os.path's tests: False, not an error, inside a folder that cannot be entered (its walk names it so)
+    return os.path.isdir(Path(path) / SEARCH_TRIALS_DIR) or os.path.isfile(Path(path) / SEARCH_STUDY_FILE)
 
 
 def is_experiment_folder(folder: str | Path) -> bool:

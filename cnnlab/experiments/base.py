@@ -32,7 +32,8 @@ from typing import Any, Callable, Optional, Sequence
 from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError, counted, first_few, noun_for
 from cnnlab.io import atomic_path, hold_folder, save_png
-from cnnlab.run import EXPERIMENT_SETTINGS_FILE, LOCK_FILE, REPORT_HTML_FILE, recorded_place, slug
+from cnnlab.run import (EXPERIMENT_RESULT_FILE, EXPERIMENT_SETTINGS_FILE, LOCK_FILE, REPORT_HTML_FILE, recorded_place,
+                        slug)
 from cnnlab.text import RunCount
 from cnnlab.threads import keeps_thread_setting
 from cnnlab.train.between_runs import stop_between_runs
@@ -63,7 +64,7 @@ RUN_DIRS_RELATIVE = "run_dir, checkpoint and runs relative to the experiment's f
 RUN_DIR_CHECKPOINT_RELATIVE = "run_dir and checkpoint relative to the experiment's folder"
 # What RUN_DIRS_KEY said when only run_dir was recorded relative (a checkpoint as the first call named it)
 RUN_DIR_ONLY_RELATIVE = "relative to the experiment's folder"
-RESULT_FILE = "result.json"
+RESULT_FILE = EXPERIMENT_RESULT_FILE
 SETTINGS_FILE = EXPERIMENT_SETTINGS_FILE  # written before the first run: once runs follow, other settings are refused
 # settings.json's and result.json's key for torch's CPU thread count the call ran with (torch.get_num_threads() as
 # it started: the ceiling cnnlab.threads keeps the runs under). A CPU result can depend on it (a sum's order, a

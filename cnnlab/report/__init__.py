@@ -63,13 +63,13 @@ def _refuse_an_experiments_page(target: Path, given: bool) -> None:
     --out named it."""
     import json
 
-    from cnnlab.experiments.base import RESULT_FILE
+    from cnnlab.run import EXPERIMENT_RESULT_FILE
 
     folder = target.parent
     if not (target.is_file() and is_experiment_folder(folder)):
         return
     try:
-        pages = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8")).get("reports") or []
+        pages = json.loads((folder / EXPERIMENT_RESULT_FILE).read_text(encoding="utf-8")).get("reports") or []
     except (OSError, ValueError, AttributeError):  # no kept result (unfinished), or one that cannot be read
         return
     if target.name not in pages:

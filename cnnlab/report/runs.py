@@ -67,6 +67,7 @@ from cnnlab.run import (
     RUN_STATES,
     SEARCH_STUDY_FILE,
     SEARCH_TRIALS_DIR,
+    is_search_folder,
     STATUS_FILE,
     STEPS_FILE,
     SUMMARY_FILE,
@@ -225,13 +226,6 @@ class RunRecord:
 def is_run_folder(path: str | Path) -> bool:
     """A folder `cnnlab train` wrote: it has its config.yaml."""
     return RunFolder(path).is_run()
-
-
-def is_search_folder(path: str | Path) -> bool:
-    """A `cnnlab search` output folder: it has a trials/ folder holding the trials' run folders, or the
-    study database a search writes before its first trial starts."""
-    # os.path's tests: False, not an error, inside a folder that cannot be entered (its walk names it so)
-    return os.path.isdir(Path(path) / SEARCH_TRIALS_DIR) or os.path.isfile(Path(path) / SEARCH_STUDY_FILE)
 
 
 def _search_trials(path: Path) -> list[Path]:

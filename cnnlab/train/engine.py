@@ -1325,8 +1325,8 @@ def refuse_held_folder(folder: RunFolder) -> None:
 def _refuse_another_commands_folder(folder: RunFolder) -> None:
     """Refuse a `cnnlab search` folder or an experiment's as a new run's folder: the run's files would mix with
     the study's or the experiment's, and `cnnlab runs` would list the search folder as a run beside its trials."""
-    from cnnlab.report.runs import is_search_folder
-    from cnnlab.run import EXPERIMENT_SETTINGS_FILE, SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, is_experiment_folder
+    from cnnlab.run import (EXPERIMENT_SETTINGS_FILE, SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, is_experiment_folder,
+                            is_search_folder)
 
     if is_search_folder(folder.path):
         what = f"a `cnnlab search` folder (it holds {SEARCH_TRIALS_DIR}/ or {SEARCH_STUDY_FILE})"

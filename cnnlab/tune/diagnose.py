@@ -47,6 +47,7 @@ import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -802,8 +803,13 @@ def run_aux_heads(run_dir: str | Path) -> float:
     return config.train.aux_weight * len(getattr(model, "aux_heads", ()))
 
 
-def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
+def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                 run_state: Optional[tuple[str, str]] = None) -> list[Finding]:
     """:func:`diagnose` on a run folder's metrics.csv and steps.csv.
+
+    ``run_state``: (state, one-sentence note) of the run as :func:`cnnlab.report.runs.read_run` reads them
+    (`cnnlab diagnose` passes them): a run that has not trained all its epochs (interrupted, stopped, running) gets
+    a NOTE (rule UNFINISHED) with that note, and its still_improving points to the epochs it has to go.
 
     Either file may be missing or hold no rows (a run stopped in its first epoch has steps but no
     epoch), but not both: a verdict needs something to read. With no epoch, only the step rules run and
@@ -896,7 +902,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                                  "The loss diverged before the first epoch ended: apply the diverged finding's remedy "
                                  "and train the run again." if diverged else
                                  "Train (or resume) the run past its first epoch, then diagnose it again."))
-    unfinished = _unfinished(run_dir) if metrics else None
+    unfinished = _unfinished(run_state) if metrics else None
     if unfinished is not None:
         notes.append(unfinished)
         # "Train longer (raise train.epochs)" would send the user to a new run, when this one has epochs to go
@@ -906,22 +912,17 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     return notes + findings
 
 
-def _unfinished(run_dir: Path) -> Finding | None:
-    """A NOTE when the run's status says it stopped before its last epoch (a Ctrl-C, a killed process) or is still
-    training: the curves end there, and the rules read a run cut short. Its evidence is what `cnnlab runs` says of
-    the run ("interrupted (Ctrl-C) after 8 of 40 epochs; `cnnlab train --resume RUN` continues it."). None for a
-    finished run, and where the run's files cannot tell."""
-    from cnnlab.report.runs import read_run
-
-    try:
-        record = read_run(run_dir, diagnose=False)
-    except CnnlabError:  # not a run folder cnnlab train wrote (no config.yaml): the curves alone are read
+def _unfinished(run_state: Optional[tuple[str, str]]) -> Finding | None:
+    """A NOTE when the run's state (``run_state``: diagnose_run's) says it stopped before its last epoch (a Ctrl-C, a
+    killed process) or is still training: the curves end there, and the rules read a run cut short. Its evidence is
+    the state's note ("interrupted (Ctrl-C) after 8 of 40 epochs; `cnnlab train --resume RUN` continues it."). None
+    for a finished run, and where the state is not known."""
+    if run_state is None or run_state[0] not in UNFINISHED_STATES:
         return None
-    if record.state not in UNFINISHED_STATES:
-        return None
-    going = record.state == "running"
+    state, note = run_state
+    going = state == "running"
     return Finding(UNFINISHED, NOTE, "The run is still training" if going else "The run stopped before its last epoch",
-                   record.state_note.rstrip("."),
+                   note.rstrip("."),
                    "Its curves end at its last finished epoch: diagnose it again once it has finished." if going else
                    "Its curves end where it stopped: diagnose it again once it has trained all its epochs.")
 

@@ -6,6 +6,7 @@ runs it. The legitimate oddities keep working: inf/nan losses of a diverged run,
 last line a crash cut short (left out and reported, not dropped in silence), steps without epochs.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -259,16 +260,24 @@ def test_an_interrupted_run_is_noted_and_still_improving_points_to_its_epochs_to
     (run / "config.yaml").write_text("model:\n  name: lenet5\ntrain:\n  epochs: 40\n")
     (run / "last.safetensors").write_bytes(b"")  # what --resume continues from: named in the note
     (run / "status.json").write_text('{"state": "interrupted", "epoch": 8, "epochs": 40}')
-    findings = diagnose_run(run)
-    (note,) = [f for f in findings if f.rule == "unfinished"]
-    assert note.verdict == NOTE and "interrupted (Ctrl-C) after 8 of 40 epochs" in note.evidence
-    assert f"cnnlab train --resume {run}" in note.evidence
-    (improving,) = [f for f in findings if f.rule == "still_improving"]
-    assert "the rest of its epochs" in improving.remedy and "raise train.epochs" not in improving.remedy
+
+    def diagnosed():  # as `cnnlab diagnose --json` reads the run
+        code, out, err = cli(["diagnose", str(run), "--json"])
+        assert code == 0, err
+        return json.loads(out)["findings"]
+
+    findings = diagnosed()
+    (note,) = [f for f in findings if f["rule"] == "unfinished"]
+    assert note["verdict"] == NOTE and "interrupted (Ctrl-C) after 8 of 40 epochs" in note["evidence"]
+    assert f"cnnlab train --resume {run}" in note["evidence"]
+    (improving,) = [f for f in findings if f["rule"] == "still_improving"]
+    assert "the rest of its epochs" in improving["remedy"] and "raise train.epochs" not in improving["remedy"]
+    code, out, _ = cli(["diagnose", str(run)])
+    assert code == 0 and out.index("NOTE unfinished") < out.index("WARN still_improving")
     (run / "status.json").write_text('{"state": "finished", "epoch": 8, "epochs": 8}')
-    findings = diagnose_run(run)
-    assert not any(f.rule == "unfinished" for f in findings)
-    assert "raise train.epochs" in [f for f in findings if f.rule == "still_improving"][0].remedy
+    findings = diagnosed()
+    assert not any(f["rule"] == "unfinished" for f in findings)
+    assert "raise train.epochs" in [f for f in findings if f["rule"] == "still_improving"][0]["remedy"]
 
 
 def test_the_readers_accept_what_the_writers_write(tmp_path):
