@@ -307,7 +307,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
                           "whose folder does not exist. Create that folder, or remove the link.")
     if suffixes and path.suffix.lower() not in suffixes:
         raise CnnlabError(f"{option} '{path}' must be a {' or '.join(suffixes)} file.")
-    if path.suffix.lower() == ".png" and not _replaceable_plot(path):
+    if ".png" in suffixes and path.suffix.lower() == ".png" and not _replaceable_plot(path):  # a plot goes there
         raise CnnlabError(f"{option} '{display_name(str(path))}' is an image that no plot wrote (a photo, or an image "
                           "of a data set): the plot would replace it. Name another file, or move that one away first.")
     problem = _folder_problem(path.parent, bytes_needed)

@@ -251,7 +251,8 @@ def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] 
 
 
 def data_slug(spec: str) -> str:
-    """A --data spec as an eval folder's name part: its slug (``cifar10``); for a folder or a CSV, the last name of
+    """A --data spec as an eval folder's name part: its slug as the loader reads it (``cifar10`` for ``CIFAR-10``,
+    without spaces or empty parts); for a folder or a CSV, the last name of
     its path and a digest of the absolute path (``folder-hold-1a2b3c4d``), so that two folders of one name (``--data
     folder:hold`` run in two working folders) get a folder each, and one folder named two ways (``folder:a/b``,
     ``folder:./a/b/``) one."""
@@ -261,7 +262,7 @@ def data_slug(spec: str) -> str:
     if kind in ("folder", "csv") and rest:
         digest = hashlib.sha256(rest.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         return f"{slug(f'{kind}-{Path(rest).name}')}-{digest}"
-    return slug(spec)
+    return slug(f"{kind}:{rest}" if rest else kind)  # one name for one data set however it is spelt
 
 
 def absolute_spec(spec: str) -> str:
@@ -305,9 +306,10 @@ def _data_key(spec: str) -> tuple[str, str]:
     if kind in ("folder", "csv") and rest.strip():
         # as an absolute path: a run records folder:imgs as the absolute path it read (config.record_paths)
         return kind, _path_key(rest)
-    # without spaces, as the loader reads the options and records them (DataSet.spec): a run trained on
-    # "synthetic: classes=3, train=60" was never matched with the eval of its own data
-    rest = rest.replace(" ", "")
+    # without spaces or empty parts, as the loader reads the options and records them (DataSet.spec): a run
+    # trained on "synthetic: classes=3, train=60" or "synthetic:classes=3,train=60," was never matched with the
+    # eval of its own data
+    rest = ",".join(part for part in rest.replace(" ", "").split(",") if part)
     return kind, rest.lower() if kind.startswith("cifar") else rest
 
 

@@ -225,6 +225,7 @@ def test_a_plot_is_not_written_over_an_image_no_plot_wrote(tmp_path):
     Image.new("L", (8, 8), 128).save(photo)
     with pytest.raises(CnnlabError, match="is an image that no plot wrote"):
         check_output_file(photo, "--out", (".png",))
+    assert check_output_file(photo, "--out") == photo  # a writer of no plot (ensemble's JSON) says its own refusal
     plot = save_png(plt.figure(), tmp_path / "plot.png")
     assert check_output_file(plot, "--out", (".png",)) == plot  # an earlier plot: replaced
     (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n")  # no image to keep

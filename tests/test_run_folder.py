@@ -408,6 +408,18 @@ def test_same_data_reads_specs_as_the_loader_does():
     # the loader reads options without their spaces, and an eval records them so: a run trained on the spaced
     # spec never counted the eval of its own data as its test accuracy
     assert same_data("synthetic: classes=3, train=60", "synthetic:classes=3,train=60")
+    assert same_data("synthetic:classes=3,,train=60,", "synthetic:classes=3,train=60")  # empty parts dropped
+
+
+def test_one_data_set_spelt_several_ways_gets_one_eval_folder_and_two_folders_of_one_name_two():
+    from cnnlab.run import data_slug
+
+    spellings = ["synthetic:classes=3,train=60,test=30", "synthetic: classes=3, train=60, test=30",
+                 "Synthetic:classes=3,train=60,test=30,"]
+    assert {data_slug(spec) for spec in spellings} == {"synthetic-classes-3-train-60-test-30"}
+    assert data_slug("CIFAR-10") == data_slug("cifar10") == "cifar10"
+    assert data_slug("folder:./a/hold/") == data_slug("folder:a/hold") != data_slug("folder:b/hold")
+    assert data_slug("folder:a/hold").startswith("folder-hold-")
 
 
 def test_one_rule_matches_an_older_records_path_to_a_place_in_its_folder(tmp_path):

@@ -640,6 +640,13 @@ def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, da
     return run.eval_folder(split, tta, ema, other_file, other_data, shift, scales)
 
 
+def _data_typed(data: Optional[str], spec: str) -> dict:
+    """{"data_typed": --data as given} where the report's "data" records it otherwise (its path made absolute): a
+    run older than the absolute record of its own data keeps the path as typed, from the working folder it trained
+    in, and `cnnlab runs` matches an eval with it by either. Nothing otherwise."""
+    return {"data_typed": data} if data is not None and data != spec else {}
+
+
 def check_out_not_in_another_run(folder: Path, checkpoint: Path) -> None:
     """Refuse an eval folder (``eval-*``) inside a run folder that ``checkpoint`` is not from: `cnnlab runs` and
     that run's page read every eval folder of the run as an eval of its own weights, and would show this
@@ -741,7 +748,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     # (cnnlab.evaluate.measured)
     report.update({**checkpoint_fields(loaded.path), MEASURED_KEY: measured_record(loaded, folder),
                    "model": loaded.model_name, "weights": loaded.weights,
-                   "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales_used or ()),
+                   "data": dataset.spec, **_data_typed(data, dataset.spec), "split": split, "tta": tta, "views": view_count(tta, flips, scales_used or ()),
                    "shift": shift if tta in CORNER_MODES else None,
                    "scales": scales_used,
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,

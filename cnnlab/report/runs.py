@@ -697,7 +697,9 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> tuple
         split = record.metrics.get("split")
         if isinstance(split, str) and split != "test":  # another split's eval written there (eval --out)
             continue
-        if isinstance(evaluated_on, str) and isinstance(data, str) and not same_data(evaluated_on, data):
+        typed = record.metrics.get("data_typed")  # how --data was given (an older run records its path so)
+        if (isinstance(evaluated_on, str) and isinstance(data, str) and not same_data(evaluated_on, data)
+                and not (isinstance(typed, str) and same_data(typed, data))):
             continue
         if record.stale:
             stale = True

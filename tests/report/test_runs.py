@@ -1020,6 +1020,21 @@ def test_evals_on_folders_of_one_name_keep_apart_and_record_the_data_they_read(r
         assert json.loads((written[place] / "metrics.json").read_text())["data"] == f"folder:{tmp_path / place / 'hold'}"
     assert written["A"] != written["B"] and written["A"].name.startswith("eval-test-none-on-folder-hold-")
     assert all((written[place] / "metrics.json").is_file() for place in written)  # none replaced the other
+    # A run older than the absolute record of its data kept "folder:hold" as typed, read from the working folder:
+    # its eval is matched by how --data was given, as before the eval recorded the absolute path
+    recorded = json.loads((written["A"] / "metrics.json").read_text())
+    assert recorded["data_typed"] == "folder:hold"
+    config = yaml.safe_load(folder.config.read_text())
+    config["data"].update(spec="folder:hold", spec_typed=None)
+    folder.config.write_text(yaml.safe_dump(config))
+    own = folder.path / eval_folder_name("test", "none", False)
+    (own / "metrics.json").write_text(json.dumps({**recorded, "top1": 0.25}))
+    for place in written:  # the evals on the two folders would count too, by the same rule
+        shutil.rmtree(written[place])
+    monkeypatch.chdir(tmp_path)  # neither the folder the eval ran in nor the run's
+    assert read_run(folder.path).test_acc == 0.25
+    (own / "metrics.json").write_text(json.dumps({**recorded, "top1": 0.25, "data_typed": None}))
+    assert read_run(folder.path).test_acc is None
 
 
 def test_an_eval_of_another_split_written_where_the_test_eval_goes_is_not_the_test_accuracy(runs, tmp_path):
