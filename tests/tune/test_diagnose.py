@@ -450,6 +450,10 @@ def test_still_improving_near_misses():
     for row in rows:  # best at the end, but only 0.4 points over the last 5 epochs
         row["val_acc"] = 0.90 + 0.0008 * row["epoch"]
     assert "still_improving" not in rules(diagnose(rows, []))
+    rows = healthy_metrics()
+    for row in rows:  # rose, then level at its best over the last 3 epochs: it has levelled off (a mixup run's)
+        row["val_acc"] = min(0.50 + 0.02 * row["epoch"], 0.86)
+    assert "still_improving" not in rules(diagnose(rows, []))
     rows = healthy_metrics(3)  # too few epochs to have an end
     for row in rows:
         row["val_acc"] = 0.50 + 0.1 * row["epoch"]
