@@ -30,7 +30,7 @@ from cnnlab.errors import (CPU_ALLOCATION_REFUSED, BatchOfOneError, CnnlabError,
                            noun_for)
 from cnnlab.io import HeldInterrupt, check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, EVAL_METRICS_FILE, REPORT_FILE, REPORT_HTML_FILE,
+from cnnlab.run import (CHECKPOINT_LAST, CONFIG_FILE, DIAGNOSIS_FILE, EVAL_METRICS_FILE, REPORT_FILE, REPORT_HTML_FILE,
                         SEARCH_TRIALS_DIR, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder, refuse_a_runs_own_file)
 from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import (
@@ -1156,7 +1156,8 @@ def train_cmd(
 
     Options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
     """
-    from cnnlab.train.engine import NonFiniteLossError, ReportsInterrupted, SetupInterrupted, train
+    from cnnlab.train.engine import (FailedAfterCheckpoint, NonFiniteLossError, ReportsInterrupted, SetupInterrupted,
+                                     describe_checkpoint, train)
 
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     claimed: Optional[Path] = None  # the default run folder this command created, removed if set-up leaves it empty
@@ -1207,6 +1208,9 @@ def train_cmd(
         if is_main_process():
             print(_setup_interrupted_text(stopped, run_dir, resume is not None), file=sys.stderr)
         sys.exit(_interrupted_exit_code(stopped.signum))
+    except FailedAfterCheckpoint as err:  # main() prints it as any bad input's paragraph, exit code 2
+        raise CnnlabError(f"{err} The run's {CHECKPOINT_LAST} ({describe_checkpoint(err.where)}) is kept: once that "
+                          f"is mended, continue the run with: {_resume_command(run_dir)}") from None
     except ReportsInterrupted as stopped:  # rank 0 alone writes the reports
         print(f"{_stopped_word(stopped.signum)} while writing the finished run's reports: every epoch was trained "
               f"and saved, and {REPORT_FILE} was not written; write the reports with: {_resume_command(run_dir)}",
@@ -1730,7 +1734,8 @@ def search_cmd(
             # quoted for the shell, as every suggested command: a search folder's name may hold spaces
             console.print(f"train it: cnnlab train --config {shlex.quote(str(paths['best']))}", markup=False)
     if results.best is None:  # exit 1: `search && train --config OUT/best.yaml` stops here, with the reason
-        held = ", ".join(f"{n} {search_lib.STATE_WORDS.get(state, state.lower())}" for state, n in results.counts.items())
+        held = ", ".join(f"{n} {search_lib.STATE_WORDS.get(state, state.lower())}"
+                         for state, n in results.counts.items())
         print(f"no trial completed ({held}), so the search has no best trial and wrote no best.yaml: each failed "
               f"trial's error is in {shlex.quote(str(paths['results']))} (its error column). Fix what they name (a "
               "learning rate that diverges: a lower range in the space), then search again with a new --out or "

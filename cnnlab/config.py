@@ -1015,8 +1015,9 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
              "at least one epoch of fine-tuning (train.epochs)")
     need(o.backbone_lr_mult > 0, f"optim.backbone_lr_mult={o.backbone_lr_mult} must be positive (0.1: a tenth)")
     # only above 1: below, the product is under optim.lr, whose own bound is checked above (and named once)
-    need(o.backbone_lr_mult <= 1 or o.lr * o.backbone_lr_mult <= MAX_LR, f"optim.backbone_lr_mult={o.backbone_lr_mult:g} times optim.lr={o.lr:g} "
-         f"is a rate above {MAX_LR:g} for the loaded weights, far beyond any that trains: check the exponent")
+    need(o.backbone_lr_mult <= 1 or o.lr * o.backbone_lr_mult <= MAX_LR,
+         f"optim.backbone_lr_mult={o.backbone_lr_mult:g} times optim.lr={o.lr:g} is a rate above {MAX_LR:g} for the "
+         "loaded weights, far beyond any that trains: check the exponent")
     need(0 < o.layer_decay <= 1, f"optim.layer_decay={o.layer_decay} must lie in (0, 1] (1 = off)")
     m = config.model
     for key in ("drop_rate", "hidden_drop_rate", "stage_drop_rate"):

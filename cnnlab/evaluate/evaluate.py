@@ -748,7 +748,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     # (cnnlab.evaluate.measured)
     report.update({**checkpoint_fields(loaded.path), MEASURED_KEY: measured_record(loaded, folder),
                    "model": loaded.model_name, "weights": loaded.weights,
-                   "data": dataset.spec, **_data_typed(data, dataset.spec), "split": split, "tta": tta, "views": view_count(tta, flips, scales_used or ()),
+                   "data": dataset.spec, **_data_typed(data, dataset.spec), "split": split, "tta": tta,
+                   "views": view_count(tta, flips, scales_used or ()),
                    "shift": shift if tta in CORNER_MODES else None,
                    "scales": scales_used,
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,

@@ -677,9 +677,10 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> tuple
     """(top1 of eval-test-none, else of the first other eval-test-* folder (by name, the raw weights' before the
     EMA's), counting only the evals of the run's own checkpoint (best, else last) on its own data's test split: an
     eval of last.safetensors, a snapshot, another split (eval --out) or other data (written to eval-...-last,
-    eval-...-on-DATA; by older versions to eval-test-none too) is not the run's test accuracy, and neither is a stale one (weights a resume has replaced since) nor one that
-    measured another run's weights (EvalRecord.elsewhere, from the weights it records); whether an eval that
-    would have counted went stale: evaluating again gives the test accuracy back, which an eval of last does not)."""
+    eval-...-on-DATA; by older versions to eval-test-none too) is not the run's test accuracy, and neither is a
+    stale one (weights a resume has replaced since) nor one that measured another run's weights (EvalRecord.elsewhere,
+    from the weights it records); whether an eval that would have counted went stale: evaluating again gives the
+    test accuracy back, which an eval of last does not)."""
     own_path = _own(folder)  # None: no checkpoint left (a damaged run): the evals it had still name theirs
     own = own_path.name if own_path is not None else None
     preferred = eval_folder_name("test", "none", False)

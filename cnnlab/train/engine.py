@@ -79,6 +79,16 @@ class NonFiniteLossError(CnnlabError):
     """The loss became NaN or infinite: the learning rate is almost always too high."""
 
 
+class FailedAfterCheckpoint(CnnlabError):
+    """A CnnlabError that stopped a run part-way after it had saved a checkpoint (a disk that filled up while it
+    wrote its metrics): the run can go on from that checkpoint once the cause is mended. ``where``: the checkpoint's
+    place (:func:`describe_checkpoint`), said by the command with how to resume."""
+
+    def __init__(self, message: str, where: dict) -> None:
+        super().__init__(message)
+        self.where = where
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -1962,6 +1972,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         raise
     except Exception as err:
         status.write_on_failure("failed", state.epoch, f"{type(err).__name__}: {err}")
+        if isinstance(err, CnnlabError) and last_checkpoint is not None and folder.last.is_file():
+            # the message of a failed write said to choose another folder, as if the run were lost
+            raise FailedAfterCheckpoint(str(err), last_checkpoint) from None
         raise
     finally:
         stop.restore()

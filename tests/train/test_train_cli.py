@@ -177,6 +177,34 @@ def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experime
         assert [path.name for path in experiment.iterdir()] == [EXPERIMENT_SETTINGS_FILE]
 
 
+def test_a_run_that_fails_after_a_checkpoint_says_how_to_continue_it(cli, tmp_path, monkeypatch):
+    """A disk that filled while the run wrote its metrics ended it with "Choose a writable folder with free
+    space", as if the run were lost, though its checkpoint of the epoch before was whole and `--resume` finished it.
+    The message now names that checkpoint and the command that continues the run."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import logging as train_logging
+
+    append = train_logging.MetricsLog.append
+
+    def disk_full_at_epoch_2(self, row):
+        if row["epoch"] == 2:
+            raise CnnlabError(f"Cannot write the metrics to '{self.path}': No space left on device. Choose a "
+                              "writable folder with free space.")
+        append(self, row)
+
+    monkeypatch.setattr(train_logging.MetricsLog, "append", disk_full_at_epoch_2)
+    run = tmp_path / "run"
+    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    said = " ".join(err.split())
+    assert "The run's last.safetensors (end of epoch 1, step 3) is kept" in said, said
+    assert f"continue the run with: cnnlab train --resume {run}" in said
+    monkeypatch.setattr(train_logging.MetricsLog, "append", append)  # room again: the run goes on from epoch 1
+    code, _, err = cli(["train", "--resume", str(run)])
+    assert code == 0, err
+    assert [row.split(",")[0] for row in (run / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
 # --- the shortcuts of every training command ----------------------------------------------------
 
 SHORTCUTS = {"--lr": "0.05", "--batch-size": "16", "--seed": "7", "--device": "cpu"}
