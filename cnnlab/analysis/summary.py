@@ -16,8 +16,10 @@ where they are: rules read their shapes, and an op without a rule gets meta copi
 
 Conventions (the lecture's, per batch of N images):
 
-* conv MACs = C_out * H' * W' * (C_in / groups) * K_h * K_w; linear MACs = in * out. Their sum is
-  the "conv+linear MACs" total, equal to torch's FlopCounterMode FLOPs / 2. Biases are not counted.
+* conv MACs = C_out * H' * W' * (C_in / groups) * K_h * K_w; linear MACs = in * out; a matrix product
+  (attention's Q K^T and A V, matmul, bmm) m * n * k. Their sum is the "conv+linear MACs" total, equal to
+  torch's FlopCounterMode FLOPs / 2 for the zoo's models (the counter misses the attention products of torch's
+  CPU attention kernel: docs/analysis.md). Biases are not counted.
 * pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size, summed);
   shown per layer and in its own total, not in the conv+linear total.
 * element ops: one per output element of everything else that computes (norms, activations,
@@ -295,7 +297,8 @@ class Summary:
 
 
 CONVENTIONS = (
-    "MACs: conv = C_out*H'*W'*(C_in/groups)*K_h*K_w, linear = in*out (no bias); pooling = output "
+    "MACs: conv = C_out*H'*W'*(C_in/groups)*K_h*K_w, linear = in*out (no bias), matrix products (attention's "
+    "Q*K^T and A*V, matmul, bmm) = m*n*k, all in the conv+linear total; pooling = output "
     "elements*K_h*K_w, kept out of the conv+linear total; element ops = output elements of norms, "
     "activations, adds and other arithmetic (ops that only move data count none); FLOPs = 2*MACs "
     "(pooling and element ops stay counts); "
