@@ -1156,7 +1156,8 @@ def train_cmd(
 
     Options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
     """
-    from cnnlab.train.engine import (FailedAfterCheckpoint, NonFiniteLossError, ReportsInterrupted, SetupInterrupted,
+    from cnnlab.io import WRITE_ADVICE
+    from cnnlab.train.engine import (KEPT_CHECKPOINT, NonFiniteLossError, ReportsInterrupted, SetupInterrupted,
                                      describe_checkpoint, train)
 
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
@@ -1208,9 +1209,14 @@ def train_cmd(
         if is_main_process():
             print(_setup_interrupted_text(stopped, run_dir, resume is not None), file=sys.stderr)
         sys.exit(_interrupted_exit_code(stopped.signum))
-    except FailedAfterCheckpoint as err:  # main() prints it as any bad input's paragraph, exit code 2
-        raise CnnlabError(f"{err} The run's {CHECKPOINT_LAST} ({describe_checkpoint(err.where)}) is kept: once that "
-                          f"is mended, continue the run with: {_resume_command(run_dir)}") from None
+    except CnnlabError as err:  # NonFiniteLossError was said above; main() prints this one, exit code 2
+        kept = getattr(err, KEPT_CHECKPOINT, None)  # (the run folder, where its last checkpoint stands)
+        if kept is None:
+            raise
+        folder, where = kept  # the engine's folder: under torchrun without --out, rank 0's, which this rank uses
+        text = str(err).removesuffix(f" {WRITE_ADVICE}")  # a new folder is not the way on: the run is resumable
+        raise CnnlabError(f"{text} The run's {CHECKPOINT_LAST} ({describe_checkpoint(where)}) is kept: once that is "
+                          f"mended, continue the run with: {_resume_command(folder)}") from err
     except ReportsInterrupted as stopped:  # rank 0 alone writes the reports
         print(f"{_stopped_word(stopped.signum)} while writing the finished run's reports: every epoch was trained "
               f"and saved, and {REPORT_FILE} was not written; write the reports with: {_resume_command(run_dir)}",

@@ -20,6 +20,9 @@ from typing import Iterator, Optional
 # display_name: how every message shows a name that is not UTF-8; is_utf8: whether a path is
 from cnnlab.errors import CnnlabError, display_name, is_utf8
 
+# The advice a failed write ends with; a run that had saved a checkpoint says how to resume it instead (cnnlab.cli)
+WRITE_ADVICE = "Choose a writable folder with free space."
+
 
 @contextmanager
 def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = False) -> Iterator[Path]:
@@ -78,7 +81,7 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
         remove_earlier_leftovers([target], started)
     except OSError as err:
         reason = err.strerror or err
-        raise CnnlabError(f"Cannot write {what} to '{path}': {reason}. Choose a writable folder with free space.") from None
+        raise CnnlabError(f"Cannot write {what} to '{path}': {reason}. {WRITE_ADVICE}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

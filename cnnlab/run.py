@@ -265,6 +265,14 @@ def data_slug(spec: str) -> str:
     return slug(f"{kind}:{rest}" if rest else kind)  # one name for one data set however it is spelt
 
 
+def relative_data_path(spec: str) -> bool:
+    """Whether ``spec`` names a folder or a CSV by a relative path: as a run older than the absolute record of its
+    data (config.record_paths) keeps it, read from the working folder."""
+    kind, _, rest = spec.partition(":")
+    return (kind.strip().lower() in ("folder", "csv") and bool(rest.strip())
+            and not Path(rest.strip()).expanduser().is_absolute())
+
+
 def absolute_spec(spec: str) -> str:
     """``spec`` with a folder's or a CSV's path made absolute from the working folder, as a run records its own
     (:func:`cnnlab.config.record_paths`): what an eval on other data records, so that `cnnlab runs`, run from

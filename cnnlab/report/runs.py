@@ -68,6 +68,7 @@ from cnnlab.run import (
     SEARCH_STUDY_FILE,
     SEARCH_TRIALS_DIR,
     is_search_folder,
+    relative_data_path,
     STATUS_FILE,
     STEPS_FILE,
     SUMMARY_FILE,
@@ -698,7 +699,9 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> tuple
         split = record.metrics.get("split")
         if isinstance(split, str) and split != "test":  # another split's eval written there (eval --out)
             continue
-        typed = record.metrics.get("data_typed")  # how --data was given (an older run records its path so)
+        # how --data was given: matched only with a run older than the absolute record of its data, which kept its
+        # path as typed (a relative path read from the working folder, as the eval's was)
+        typed = record.metrics.get("data_typed") if isinstance(data, str) and relative_data_path(data) else None
         if (isinstance(evaluated_on, str) and isinstance(data, str) and not same_data(evaluated_on, data)
                 and not (isinstance(typed, str) and same_data(typed, data))):
             continue

@@ -79,14 +79,11 @@ class NonFiniteLossError(CnnlabError):
     """The loss became NaN or infinite: the learning rate is almost always too high."""
 
 
-class FailedAfterCheckpoint(CnnlabError):
-    """A CnnlabError that stopped a run part-way after it had saved a checkpoint (a disk that filled up while it
-    wrote its metrics): the run can go on from that checkpoint once the cause is mended. ``where``: the checkpoint's
-    place (:func:`describe_checkpoint`), said by the command with how to resume."""
-
-    def __init__(self, message: str, where: dict) -> None:
-        super().__init__(message)
-        self.where = where
+# The attribute a CnnlabError that stopped a run part-way after a checkpoint (a disk that filled up while the run
+# wrote its metrics) carries: (the run folder, where last.safetensors stands, as describe_checkpoint takes it). The
+# error itself is raised as it was (its type and traceback kept for callers of train()); `cnnlab train` adds how
+# to resume from that checkpoint once the cause is mended.
+KEPT_CHECKPOINT = "kept_checkpoint"
 
 
 @dataclass
@@ -1974,7 +1971,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         status.write_on_failure("failed", state.epoch, f"{type(err).__name__}: {err}")
         if isinstance(err, CnnlabError) and last_checkpoint is not None and folder.last.is_file():
             # the message of a failed write said to choose another folder, as if the run were lost
-            raise FailedAfterCheckpoint(str(err), last_checkpoint) from None
+            setattr(err, KEPT_CHECKPOINT, (folder.path, last_checkpoint))
         raise
     finally:
         stop.restore()

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for
-from cnnlab.io import atomic_path, write_text_atomic
+from cnnlab.io import WRITE_ADVICE, atomic_path, write_text_atomic
 # The run folder's file names live in cnnlab/run.py; re-exported here for code that imports them from logging.
 from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, REPORT_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
 from cnnlab.text import duration_text
@@ -383,7 +383,7 @@ class StepLossLog:
                 self._file.write(",".join(STEP_COLUMNS) + "\n")
         except OSError as err:
             raise CnnlabError(f"Cannot write the step log to '{display_name(str(self.path))}': {err.strerror or err}. "
-                              "Choose a writable folder with free space.") from None
+                              f"{WRITE_ADVICE}") from None
         self._continue = True
         # Close the file when this object goes away even if nobody calls close() (no ResourceWarning).
         self._closer = weakref.finalize(self, self._file.close)

@@ -506,17 +506,18 @@ def _underfitting(metrics: list[dict], t: Thresholds) -> Finding | None:
 
 
 def _still_improving(metrics: list[dict], t: Thresholds) -> Finding | None:
-    """WARN when there are at least ``improving_min_epochs`` val_acc values, the last one is the best, above every
-    earlier one (a curve level at its top over its last epochs has levelled off, whatever it rose from), and over
-    the last ``improving_tail_fraction`` of the epochs (at least ``improving_tail_min_epochs``) val_acc rose by
-    more than ``improving_min_gain``."""
+    """WARN when there are at least ``improving_min_epochs`` val_acc values, the last one is the best (an earlier
+    epoch may equal it), above every other epoch of the end (a curve level at its top over its last epochs has
+    levelled off, whatever it rose from), and over the end, the last ``improving_tail_fraction`` of the epochs (at
+    least ``improving_tail_min_epochs``), val_acc rose by more than ``improving_min_gain``."""
     epochs, val_acc = _column(metrics, "val_acc")
     if val_acc.size < t.improving_min_epochs:
         return None
     tail = max(t.improving_tail_min_epochs, round(t.improving_tail_fraction * val_acc.size))
     tail = min(tail, val_acc.size - 1)  # the gain is measured from the epoch before the tail
     gain = val_acc[-1] - val_acc[-1 - tail]
-    if val_acc[-1] <= val_acc[:-1].max() or gain <= t.improving_min_gain:
+    level = val_acc[-1] <= val_acc[-1 - tail:-1].max()  # no higher than an epoch of the end before it
+    if val_acc[-1] < val_acc.max() or level or gain <= t.improving_min_gain:
         return None
     evidence = (f"val acc {val_acc[-1 - tail]:.1%} at epoch {epochs[-1 - tail]} -> {val_acc[-1]:.1%} at epoch "
                 f"{epochs[-1]} (+{gain * 100:.1f} points over the last {tail} epochs), best at the last epoch")

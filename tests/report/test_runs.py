@@ -1020,6 +1020,14 @@ def test_evals_on_folders_of_one_name_keep_apart_and_record_the_data_they_read(r
         assert json.loads((written[place] / "metrics.json").read_text())["data"] == f"folder:{tmp_path / place / 'hold'}"
     assert written["A"] != written["B"] and written["A"].name.startswith("eval-test-none-on-folder-hold-")
     assert all((written[place] / "metrics.json").is_file() for place in written)  # none replaced the other
+    # a run that records its data by its absolute path (A's hold): the eval on B's, typed alike, is other data
+    config = yaml.safe_load(folder.config.read_text())
+    config["data"].update(spec=f"folder:{tmp_path / 'A' / 'hold'}", spec_typed="folder:hold")
+    folder.config.write_text(yaml.safe_dump(config))
+    kept = shutil.move(written["A"], tmp_path / "kept")  # A's own eval would count (its data): set aside
+    monkeypatch.chdir(tmp_path / "A")  # where B's "folder:hold" would lead
+    assert read_run(folder.path).test_acc is None
+    shutil.move(kept, written["A"])
     # A run older than the absolute record of its data kept "folder:hold" as typed, read from the working folder:
     # its eval is matched by how --data was given, as before the eval recorded the absolute path
     recorded = json.loads((written["A"] / "metrics.json").read_text())

@@ -199,6 +199,16 @@ def test_a_run_that_fails_after_a_checkpoint_says_how_to_continue_it(cli, tmp_pa
     said = " ".join(err.split())
     assert "The run's last.safetensors (end of epoch 1, step 3) is kept" in said, said
     assert f"continue the run with: cnnlab train --resume {run}" in said
+    assert "Choose a writable folder" not in said  # the advice of a write with no run to resume
+    # from Python, train() raises the error as it was (its type kept), with where the run can go on from
+    from cnnlab.config import load_config
+    from cnnlab.train.engine import KEPT_CHECKPOINT, train
+
+    config = (tmp_path / "api").joinpath("config.yaml")
+    with pytest.raises(CnnlabError) as stopped:
+        train(load_config(run / "config.yaml"), tmp_path / "api")
+    assert type(stopped.value) is CnnlabError and getattr(stopped.value, KEPT_CHECKPOINT)[0] == tmp_path / "api"
+    assert config.is_file()
     monkeypatch.setattr(train_logging.MetricsLog, "append", append)  # room again: the run goes on from epoch 1
     code, _, err = cli(["train", "--resume", str(run)])
     assert code == 0, err

@@ -440,6 +440,16 @@ def test_still_improving_on_rising_val_accuracy():
                                 "5 epochs), best at the last epoch")
 
 
+def test_still_improving_despite_an_early_spike_as_high_as_the_last_epoch():
+    """A one-off spike early on as high as the last epoch (val sets of a few hundred images move in steps) hid a
+    curve that had climbed 2 points an epoch for its last 16."""
+    rows = healthy_metrics()
+    for row in rows:
+        row["val_acc"] = 0.50 + 0.02 * (row["epoch"] - 5) if row["epoch"] > 4 else 0.50
+    rows[1]["val_acc"] = rows[-1]["val_acc"]
+    assert "still_improving" in rules(diagnose(rows, []))
+
+
 def test_still_improving_near_misses():
     rows = healthy_metrics()
     for row in rows:  # rising, but the best was epoch 19

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -1655,7 +1656,13 @@ def test_a_worker_process_wraps_its_trial_lines_to_fit_its_prefix(tmp_path, caps
 
     values = " ".join(f"key{i}=0.{i}" for i in range(30))  # short values fill each line to its edge
     monkeypatch.setattr(search, "_params_text", lambda params, study: values)
-    search._worker_main(settings_for(tmp_path, trials=1), worker=12)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        search._worker_main(settings_for(tmp_path, trials=1), worker=12)
+    finally:
+        # a worker ignores Ctrl-C as it ends: left so, this test process ignored the Ctrl-C a later test's run
+        # raises to stop itself (tests/report/test_stale_results.py's fixture then trained to the end)
+        signal.signal(signal.SIGINT, before)
     lines = capsys.readouterr().err.splitlines()
     trial = [line for line in lines if line.startswith("[worker 12] trial 0: val acc ")]
     assert trial, lines
