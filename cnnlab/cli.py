@@ -1730,10 +1730,9 @@ def search_cmd(
                           "refine": plan.refinement.to_dict() if plan.refinement is not None else None,
                           "counts": results.counts, "best": results.best, "trials": results.rows,
                           "files": {k: str(v) for k, v in paths.items()}}, indent=2))
-    counts = ", ".join(f"{n} {state.lower()}" for state, n in results.counts.items())
     if not as_json:
         print_table(_search_table(results, list(plan.space)))
-        console.print(f"trials: {counts}")
+        console.print(f"trials: {', '.join(f'{n} {state.lower()}' for state, n in results.counts.items())}")
         for name, path in paths.items():
             console.print(f"{name:8s} {path}", markup=False)
         if "best" in paths:
