@@ -168,6 +168,17 @@ def whole_number(value):
 _INTEGER_TEXT = re.compile(r"[+-]?\d+")
 
 
+def repeated_values(items) -> list:
+    """The values ``items`` names more than once (equal values count as one: 1 and 1.0), each as first listed,
+    in order: what a message refusing a list whose entries must differ names."""
+    items, repeated = list(items), []
+    for number, item in enumerate(items):
+        firsts = [earlier for earlier in items[:number] if earlier == item]
+        if firsts and not any(item == seen for seen in repeated):
+            repeated.append(firsts[0])
+    return repeated
+
+
 def check_count(value, name: str, least: int, meaning: str) -> None:
     """Refuse a count argument that is not a whole number of at least ``least`` (``True`` is not 1 here).
 

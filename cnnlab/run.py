@@ -265,22 +265,27 @@ def data_slug(spec: str) -> str:
     return slug(f"{kind}:{rest}" if rest else kind)  # one name for one data set however it is spelt
 
 
+def _path_part(spec: str) -> Optional[tuple[str, str]]:
+    """(kind, path) of a folder or CSV spec (``("folder", "imgs")`` for ``folder:imgs``), as typed; None for any
+    other data."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    return (kind, rest.strip()) if kind in ("folder", "csv") and rest.strip() else None
+
+
 def relative_data_path(spec: str) -> bool:
     """Whether ``spec`` names a folder or a CSV by a relative path: as a run older than the absolute record of its
     data (config.record_paths) keeps it, read from the working folder."""
-    kind, _, rest = spec.partition(":")
-    return (kind.strip().lower() in ("folder", "csv") and bool(rest.strip())
-            and not Path(rest.strip()).expanduser().is_absolute())
+    part = _path_part(spec)
+    return part is not None and not Path(part[1]).expanduser().is_absolute()
 
 
 def absolute_spec(spec: str) -> str:
     """``spec`` with a folder's or a CSV's path made absolute from the working folder, as a run records its own
     (:func:`cnnlab.config.record_paths`): what an eval on other data records, so that `cnnlab runs`, run from
     another folder, still matches it with the data it measured. Any other spec as it is."""
-    kind, _, rest = spec.partition(":")
-    if kind.strip().lower() in ("folder", "csv") and rest.strip():
-        return f"{kind.strip().lower()}:{_path_key(rest)}"
-    return spec
+    part = _path_part(spec)
+    return f"{part[0]}:{_path_key(part[1])}" if part is not None else spec
 
 
 EVAL_FOLDER_PATTERN = eval_folder_name("*", "*", False)  # glob, "eval-*-*": matches the -ema folders too
@@ -311,7 +316,7 @@ def _data_key(spec: str) -> tuple[str, str]:
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     kind = DATA_ALIASES.get(kind, kind)
-    if kind in ("folder", "csv") and rest.strip():
+    if _path_part(spec) is not None:
         # as an absolute path: a run records folder:imgs as the absolute path it read (config.record_paths)
         return kind, _path_key(rest)
     # without spaces or empty parts, as the loader reads the options and records them (DataSet.spec): a run
@@ -436,6 +441,23 @@ def is_search_folder(path: str | Path) -> bool:
     study database a search writes before its first trial starts."""
     # os.path's tests: False, not an error, inside a folder that cannot be entered (its walk names it so)
     return os.path.isdir(Path(path) / SEARCH_TRIALS_DIR) or os.path.isfile(Path(path) / SEARCH_STUDY_FILE)
+
+
+# What made a folder, as folder_made_by names it: the command whose files it holds
+MADE_BY_TRAIN, MADE_BY_SEARCH, MADE_BY_EXPERIMENT = "train", "search", "experiment"
+
+
+def folder_made_by(folder: str | Path) -> Optional[tuple[str, str]]:
+    """(the command whose folder ``folder`` is, how a message names it), or None: a training run's (its
+    config.yaml), a search's (its trials/ or study.db) or an experiment's (its settings.json). A command that writes
+    its own kind of folder refuses the others' (their files would mix)."""
+    if RunFolder(folder).is_run():
+        return MADE_BY_TRAIN, f"a training run's folder (it has its {CONFIG_FILE})"
+    if is_search_folder(folder):
+        return MADE_BY_SEARCH, f"a `cnnlab search` folder (it holds {SEARCH_TRIALS_DIR}/ or {SEARCH_STUDY_FILE})"
+    if is_experiment_folder(folder):
+        return MADE_BY_EXPERIMENT, f"a `cnnlab experiment` folder (its {EXPERIMENT_SETTINGS_FILE} names the experiment)"
+    return None
 
 
 def is_experiment_folder(folder: str | Path) -> bool:

@@ -19,8 +19,8 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.errors import (CnnlabError, check_count, display_class, first_few, is_finite_number, shown_value,
-                           whole_number)
+from cnnlab.errors import (CnnlabError, check_count, display_class, first_few, is_finite_number, repeated_values,
+                           shown_value, whole_number)
 from cnnlab.io import check_out_is_named
 from cnnlab.heap import keep_on_cpu
 from cnnlab.run import (
@@ -54,9 +54,9 @@ def check_scales(scales) -> None:
     if bad:
         raise CnnlabError(f"scales={shown_value(list(scales))}: each scale must be a number between {low:g} and "
                           f"{high:g}, got {shown_value(bad[0])}.")
-    twice = [scale for number, scale in enumerate(scales) if float(scale) in map(float, scales[:number])]
+    twice = repeated_values(float(scale) for scale in scales)
     if twice:  # as resnet10crop's short sides (check_short_side_list)
-        raise CnnlabError(f"--scales {_listed(scales)} names the scale {float(twice[0]):g} more than once: its views "
+        raise CnnlabError(f"--scales {_listed(scales)} names the scale {twice[0]:g} more than once: its views "
                           "would count twice in the average. Name each scale once.")
 
 
@@ -83,9 +83,9 @@ def check_short_side_list(short_sides) -> None:
                           f"image is resized to, in whole pixels (e.g. {example} for a 32-pixel model), got "
                           f"{shown_value(bad[0])}.")
     sides = [int(float(side)) for side in short_sides]
-    if len(set(sides)) < len(sides):
-        twice = next(side for side in sides if sides.count(side) > 1)
-        raise CnnlabError(f"--scales {','.join(map(str, sides))} names the short side {twice} more than once: its "
+    twice = repeated_values(sides)
+    if twice:
+        raise CnnlabError(f"--scales {','.join(map(str, sides))} names the short side {twice[0]} more than once: its "
                           "views would count twice in the average. Name each short side once.")
 
 

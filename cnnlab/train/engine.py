@@ -1332,17 +1332,13 @@ def refuse_held_folder(folder: RunFolder) -> None:
 def _refuse_another_commands_folder(folder: RunFolder) -> None:
     """Refuse a `cnnlab search` folder or an experiment's as a new run's folder: the run's files would mix with
     the study's or the experiment's, and `cnnlab runs` would list the search folder as a run beside its trials."""
-    from cnnlab.run import (EXPERIMENT_SETTINGS_FILE, SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, is_experiment_folder,
-                            is_search_folder)
+    from cnnlab.run import MADE_BY_TRAIN, folder_made_by
 
-    if is_search_folder(folder.path):
-        what = f"a `cnnlab search` folder (it holds {SEARCH_TRIALS_DIR}/ or {SEARCH_STUDY_FILE})"
-    elif is_experiment_folder(folder.path):
-        what = f"a `cnnlab experiment` folder (its {EXPERIMENT_SETTINGS_FILE} names the experiment)"
-    else:
+    made_by = folder_made_by(folder.path)
+    if made_by is None or made_by[0] == MADE_BY_TRAIN:  # an earlier run's folder: _refuse_files_of_no_run's
         return
-    raise CnnlabError(f"'{display_name(str(folder.path))}' is {what}: a run trained there would mix its files with "
-                      "what is there. Train into a new or empty folder (another --out).")
+    raise CnnlabError(f"'{display_name(str(folder.path))}' is {made_by[1]}: a run trained there would mix its files "
+                      "with what is there. Train into a new or empty folder (another --out).")
 
 
 def _refuse_files_of_no_run(folder: RunFolder) -> None:

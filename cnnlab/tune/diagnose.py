@@ -37,7 +37,7 @@ still falling when the lr was decayed (early_decay).
 Every number a rule compares against lives in :class:`Thresholds`. A rule whose input is too short to
 judge (a run of a few epochs or steps) finds nothing, and a NOTE (rule NOT_CHECKED) names it. A run folder's
 diagnosis also notes a run that has not trained all its epochs (UNFINISHED: interrupted, stopped or still running,
-as its status.json says; still_improving then points to the epochs it has to go, not to more epochs) and a
+as the caller read the run; still_improving then points to the epochs it has to go, not to more epochs) and a
 metrics.csv that lost rows of epochs status.json records as finished (CUT_EPOCHS, or LOST_EPOCHS when none is left).
 """
 
@@ -872,7 +872,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     notes = [] if not cut else [Finding(
         CUT_EPOCHS, NOTE, f"{METRICS_FILE} lacks some of the run's finished epochs",
         f"its last complete row is epoch {last}"
-        + "".join(f" ({where} {why.partition(': the run stopped')[0]})" for where, why in metrics_skipped)
+        + "".join(f" ({where} cut short)" for where, _ in metrics_skipped)
         + f", but {STATUS_FILE} records {counted(finished, 'finished epoch')}; the rules read the first {last} only",
         f"The file was cut since those epochs were written: restore {METRICS_FILE} from a copy for a verdict on the "
         "whole run.")]

@@ -61,7 +61,7 @@ from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, TooLongNumberError, appl
                            config_differences, config_from_dict, config_to_dict, dump_yaml, notice, quiet_notes,
                            read_error_text, record_key_problem, record_paths, require_run_config, safe_load_unique,
                            save_config, set_value, validate_config)
-from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
+from cnnlab.errors import CnnlabError, counted, display_name, noun_for, repeated_values, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import LINE_COLUMNS, distinct_texts, duration_text, note_lines
 from cnnlab.train.between_runs import stop_between_runs, stop_if_held
@@ -314,11 +314,7 @@ def load_space(path: str | Path, base: RunConfig, grid: Optional[bool] = None) -
 def _refuse_repeats(items: list, name: str, where: str) -> None:
     """Refuse a list of choices (or a grid's values) that names one value twice: a grid search ran that point
     twice, and a random search drew it twice as often, without a word. Equal values count as one (1 and 1.0)."""
-    repeated = []  # each value as it is first listed
-    for number, item in enumerate(items):
-        firsts = [earlier for earlier in items[:number] if earlier == item]
-        if firsts and not any(item == seen for seen in repeated):
-            repeated.append(firsts[0])
+    repeated = repeated_values(items)
     if repeated:
         raise CnnlabError(f"{where}: {name} {items!r} name {', '.join(map(repr, repeated))} more than once: a grid "
                           f"search would run that point twice, and a random search draw it more often. List each "
@@ -850,15 +846,12 @@ def check_study_resumable(settings: SearchSettings) -> None:
 def _refuse_another_commands_folder(out: Path) -> None:
     """Refuse a search folder that is a training run's or an experiment's: the study, its trials/ and its results
     would be written among that folder's files (and `cnnlab runs` would list the run beside the trials)."""
-    from cnnlab.run import CONFIG_FILE, EXPERIMENT_SETTINGS_FILE, is_experiment_folder
+    from cnnlab.run import MADE_BY_SEARCH, folder_made_by
 
-    if RunFolder(out).is_run():
-        what = f"a training run's folder (it has its {CONFIG_FILE})"
-    elif is_experiment_folder(out):
-        what = f"a `cnnlab experiment` folder (its {EXPERIMENT_SETTINGS_FILE} names the experiment)"
-    else:
+    made_by = folder_made_by(out)
+    if made_by is None or made_by[0] == MADE_BY_SEARCH:  # a search continues in its own folder
         return
-    raise CnnlabError(f"The search folder '{display_name(str(out))}' is {what}: the search writes its study, "
+    raise CnnlabError(f"The search folder '{display_name(str(out))}' is {made_by[1]}: the search writes its study, "
                       f"{SEARCH_TRIALS_DIR}/ and its results there, which would mix with what is there. Give the "
                       "search a folder of its own (another --out).")
 
