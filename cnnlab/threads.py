@@ -6,18 +6,20 @@ gets a slice of it now and then, and every operator waits for that thread: on 2 
 taken, a LeNet step ran about 20x slower with 2 threads than with 1 (docs/training.md has the
 measurement). Losing a core should cost at most its share of the work.
 
-What. Every batch loop in cnnlab calls :func:`tick`. At most every :data:`WINDOW` seconds a tick
-reads how much CPU the other processes used on this process's cores since the last look (from
-/proc/stat, minus this process's own CPU time) and sets torch's thread count to the cores they
-left free, never above the *ceiling*: torch's thread count as the user (or torch's default) set it.
-Processes that cooperate see each other the same way: two DDP ranks or search workers started
-together on 2 cores each settle on one thread. A core counts as free when at least
-:data:`FREE_SHARE` of it was idle.
+What. Every batch loop in cnnlab calls :func:`tick`. Inside :meth:`ThreadGovernor.adaptive` (``train()``
+and the other entry points that loop), at most every :data:`WINDOW` seconds a tick reads how much CPU
+the other processes used on this process's cores since the last look (from /proc/stat, minus this
+process's own CPU time) and sets torch's thread count to the cores they left free, never above the
+*ceiling*: torch's thread count as the user (or torch's default) set it. Processes that cooperate see
+each other the same way: two DDP ranks or search workers started together on 2 cores each settle on
+one thread. A core counts as free when at least :data:`FREE_SHARE` of it was idle.
 
-Where it does nothing. Off Linux (no /proc/stat) the ceiling stays. Inside :func:`pinned_threads`
-(``train.threads`` set; ``train.deterministic``, as a thread count changes the order of sums, so a
-bit-identical repeat needs a fixed one; or a compiled run, as torch.compile compiles again at every
-new thread count) the count is fixed for the whole block.
+Where it does nothing. Off Linux (no /proc/stat) the ceiling stays. Outside an adaptive block (a loop
+of :func:`cnnlab.train.engine.train_step` or :func:`cnnlab.train.engine.evaluate` that the caller runs
+from Python) the count stays the caller's: no block would give a lowered one back. Inside
+:func:`pinned_threads` (``train.threads`` set; ``train.deterministic``, as a thread count changes the
+order of sums, so a bit-identical repeat needs a fixed one; or a compiled run, as torch.compile
+compiles again at every new thread count) the count is fixed for the whole block.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ class ThreadGovernor:
     window: float = WINDOW
     ceiling: Optional[int] = None  # torch's thread count before the governor lowered it
     pinned: int = 0  # depth of pinned_threads blocks: no changes while > 0
+    adapting: int = 0  # depth of adaptive blocks: changes only while > 0
     changes: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), new count) per change
     _last: Optional[CpuSample] = None
     _set: Optional[int] = None  # the count the governor last set
@@ -198,7 +201,9 @@ class ThreadGovernor:
         now = self.sample()
         if now is None:
             return
-        if last is None:  # the first look: the window starts here
+        if last is None or not self.adapting:
+            # The first look starts the window. Outside an adaptive block (a loop of train_step or evaluate that
+            # the caller runs from Python) the count stays the caller's: no block would give it back after.
             self._last = now
             return
         import torch  # here, not at the top: importing this module starts a window without loading torch
@@ -252,11 +257,14 @@ class ThreadGovernor:
         import torch
 
         before = torch.get_num_threads()
-        # A count the governor had lowered before the block (in an evaluation's loop) is not the setting
+        # A count the governor had lowered before the block (in the block around it: train() inside
+        # run_experiment) is not the setting
         setting = self.ceiling if self._set == before and self.ceiling else before
+        self.adapting += 1
         try:
             yield
         finally:
+            self.adapting -= 1
             now = torch.get_num_threads()
             if now != setting and now == self._set:  # the governor's change, not the caller's
                 torch.set_num_threads(setting)

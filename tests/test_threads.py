@@ -103,14 +103,15 @@ def test_choose_threads(ceiling, cores, others, quota, expected):
 def test_governor_lowers_the_threads_while_a_core_is_taken_and_raises_them_again(torch_threads):
     fake = FakeCpu(others=[1.0, 1.0, 0.0, 0.0])
     governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.3)
-    governor.tick()  # the first look starts the window
-    assert torch.get_num_threads() == 2 and governor.ceiling is None
-    governor.tick()  # the other process used a core
-    assert torch.get_num_threads() == 1 and governor.ceiling == 2
-    governor.tick()
-    assert torch.get_num_threads() == 1
-    governor.tick()  # the core is free again: back to the ceiling
-    assert torch.get_num_threads() == 2
+    with governor.adaptive():
+        governor.tick()  # the first look starts the window
+        assert torch.get_num_threads() == 2 and governor.ceiling is None
+        governor.tick()  # the other process used a core
+        assert torch.get_num_threads() == 1 and governor.ceiling == 2
+        governor.tick()
+        assert torch.get_num_threads() == 1
+        governor.tick()  # the core is free again: back to the ceiling
+        assert torch.get_num_threads() == 2
     assert [count for _, count in governor.changes] == [1, 2]
 
 
@@ -124,43 +125,46 @@ def test_time_at_counts_integrates_the_changes():
 def test_governor_waits_a_whole_window_between_looks(torch_threads):
     fake = FakeCpu(others=[1.0, 1.0, 1.0], window=0.1)
     governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.25)
-    governor.tick()
-    governor.tick()
-    governor.tick()  # 0.2 s since the first look: too soon to judge
-    assert torch.get_num_threads() == 2
-    governor.tick()  # 0.3 s: a whole window
-    assert torch.get_num_threads() == 1
+    with governor.adaptive():
+        governor.tick()
+        governor.tick()
+        governor.tick()  # 0.2 s since the first look: too soon to judge
+        assert torch.get_num_threads() == 2
+        governor.tick()  # 0.3 s: a whole window
+        assert torch.get_num_threads() == 1
 
 
 def test_a_thread_count_the_user_sets_becomes_the_ceiling(torch_threads):
     fake = FakeCpu(others=[0.0, 0.0, 0.0, 2.0])
     governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=8, quota=None, window=0.3)
-    governor.tick()
-    governor.tick()
-    assert torch.get_num_threads() == 2  # idle: the ceiling, never more
-    torch.set_num_threads(4)  # the user's own setting between two looks
-    governor.tick()
-    assert governor.ceiling == 4 and torch.get_num_threads() == 4
-    governor.tick()  # two cores taken: 6 free, ceiling 4
-    assert torch.get_num_threads() == 4
+    with governor.adaptive():
+        governor.tick()
+        governor.tick()
+        assert torch.get_num_threads() == 2  # idle: the ceiling, never more
+        torch.set_num_threads(4)  # the user's own setting between two looks
+        governor.tick()
+        assert governor.ceiling == 4 and torch.get_num_threads() == 4
+        governor.tick()  # two cores taken: 6 free, ceiling 4
+        assert torch.get_num_threads() == 4
 
 
 def test_pinned_block_never_changes_and_restores_the_setting(torch_threads):
     fake = FakeCpu(others=[1.0] * 10)
     governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.3)
-    governor.tick()
-    governor.tick()
-    assert torch.get_num_threads() == 1  # lowered
-    with governor.pin() as fixed:  # deterministic: the ceiling, whatever the load
-        assert fixed == 2 and torch.get_num_threads() == 2
-        for _ in range(3):
-            governor.tick()
-        assert torch.get_num_threads() == 2
-    assert torch.get_num_threads() == 1  # what it was before the block
-    with governor.pin(3) as fixed:  # train.threads=3
+    with governor.adaptive():
         governor.tick()
-        assert fixed == 3 and torch.get_num_threads() == 3
-    assert torch.get_num_threads() == 1
+        governor.tick()
+        assert torch.get_num_threads() == 1  # lowered
+        with governor.pin() as fixed:  # deterministic: the ceiling, whatever the load
+            assert fixed == 2 and torch.get_num_threads() == 2
+            for _ in range(3):
+                governor.tick()
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1  # what it was before the block
+        with governor.pin(3) as fixed:  # train.threads=3
+            governor.tick()
+            assert fixed == 3 and torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 1
 
 
 def test_run_threads_pins_only_for_a_set_count_or_a_fixed_run(torch_threads):
@@ -182,10 +186,14 @@ def test_an_adaptive_block_gives_back_the_setting_it_found(torch_threads):
         assert torch.get_num_threads() == 1  # lowered inside: a core is taken
     assert torch.get_num_threads() == 2  # the caller's setting after the block, though the core is still taken
     governor.tick()
-    assert torch.get_num_threads() == 1  # lowered outside any block (an evaluation's loop)
+    governor.tick()
+    assert torch.get_num_threads() == 2  # outside any block (the caller's own loop) the count stays the caller's
     with governor.adaptive():
-        pass
-    assert torch.get_num_threads() == 2  # that lowered count was not the setting either
+        governor.tick()
+        assert torch.get_num_threads() == 1
+        with governor.adaptive():  # a block inside another (train() inside run_experiment)
+            governor.tick()
+        assert torch.get_num_threads() == 2  # the lowered count was not the setting either
     with governor.adaptive():
         torch.set_num_threads(3)  # the caller's own change inside the block stays
     assert torch.get_num_threads() == 3
@@ -204,16 +212,18 @@ def test_a_real_busy_process_takes_a_thread_away(torch_threads):
     governor = ThreadGovernor(cores=2, quota=None, window=0.3)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        governor.tick()
-        deadline = time.monotonic() + 20  # a loop bound for a stalled machine, not a timing assertion
-        while torch.get_num_threads() == 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # idle here: the busy loop is the only other work
+        with governor.adaptive():
             governor.tick()
+            deadline = time.monotonic() + 20  # a loop bound for a stalled machine, not a timing assertion
+            while torch.get_num_threads() == 2 and time.monotonic() < deadline:
+                time.sleep(0.05)  # idle here: the busy loop is the only other work
+                governor.tick()
+            assert torch.get_num_threads() == 1
     finally:
         busy.kill()
         busy.wait()
-    assert torch.get_num_threads() == 1
     assert governor.ceiling == 2
+    assert torch.get_num_threads() == 2  # given back after the block
 
 
 def _config(*overrides: str) -> RunConfig:
@@ -253,6 +263,19 @@ def test_train_threads_and_deterministic_runs_keep_one_count(tmp_path, monkeypat
         assert torch.get_num_threads() == 2  # restored after the run
         lines = [line for line in RunFolder(out).report.read_text().splitlines() if line.startswith("threads")]
         assert lines and lines[0].split() == ["threads", str(expected)]
+
+
+def test_a_loop_of_train_step_from_python_keeps_the_callers_count(monkeypatch, torch_threads):
+    """train_step and evaluate tick, but in the caller's own loop no block would give a lowered count back."""
+    from cnnlab.train.engine import evaluate, setup_run, train_step
+
+    run = setup_run(_config())
+    seen = _fake_machine(monkeypatch, others=[1.0] * 1000)  # a core taken throughout
+    for x, y in run.train_loader:
+        train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings)
+    evaluate(run.model, run.val_loader)
+    assert len(seen) > 3 and set(seen) == {2}
+    assert torch.get_num_threads() == 2
 
 
 def _fake_machine(monkeypatch, others: list[float]) -> list:
