@@ -215,6 +215,41 @@ def test_an_activation_option_the_layer_does_not_take_is_refused_where_it_is_giv
     assert get_act_layer("relu", inplace=True)().inplace
 
 
+def test_options_given_with_a_layer_type_or_bound_in_a_partial_are_checked_where_they_are_given():
+    """They used to fail only inside the model's first block, where create_model blamed the model's options."""
+    from cnnlab.models import create_model
+
+    with pytest.raises(CnnlabError, match="Activation 'LeakyReLU' does not take slope: it takes negative_slope"):
+        get_act_layer(nn.LeakyReLU, slope=0.1)
+    with pytest.raises(CnnlabError, match="Activation 'LeakyReLU' does not take slope"):
+        create_model("vgg11", act=functools.partial(nn.LeakyReLU, slope=0.1))
+    with pytest.raises(CnnlabError, match="Normalisation 'GroupNorm' does not take the option momentum"):
+        create_model("resnet8", norm=functools.partial(nn.GroupNorm, 2, momentum=0.1))
+    with pytest.raises(CnnlabError, match="'BatchNorm2d' does not take the option num_features.*channel count"):
+        create_model("resnet8", norm=functools.partial(nn.BatchNorm2d, num_features=16))
+    # What a layer takes still builds: options by keyword, the groups bound by position, a function of no arguments
+    model = create_model("resnet8", norm=functools.partial(nn.GroupNorm, 2), act=get_act_layer(nn.LeakyReLU,
+                         negative_slope=0.2))
+    assert {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)} == {2}
+    assert {m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
+    assert any(isinstance(m, nn.Tanh) for m in create_model("lenet5", act=lambda: nn.Tanh()).modules())
+
+
+@pytest.mark.parametrize("given, what", [(nn.GELU(), "a layer: got an instance of GELU"),
+                                         (torch.relu, "a function: got the function relu")])
+def test_a_layer_or_a_function_in_place_of_a_layer_type_is_refused_with_what_to_give(given, what):
+    """nn.GELU() for nn.GELU used to fail inside torch ("forward() missing 1 required positional argument")."""
+    from cnnlab.models import create_model
+
+    with pytest.raises(UnknownNameError, match=rf"Activation must be a layer type, not {what}"):
+        create_model("resnet8", act=given)
+    with pytest.raises(CnnlabError, match=rf"ConvNormAct's act_layer must be a layer type, not {what}"):
+        ConvNormAct(3, 8, 3, act_layer=given)
+    with pytest.raises(UnknownNameError, match=r"Normalisation must be a layer type, not a layer: got an instance of "
+                                               r"BatchNorm2d.*\(BatchNorm2d, without the brackets\)"):
+        create_model("resnet8", norm=nn.BatchNorm2d(16))
+
+
 @pytest.mark.parametrize("reduction", [0, -1, 2.5, True])
 def test_a_squeeze_excite_reduction_that_is_not_a_whole_number_of_at_least_1_is_refused(reduction):
     """0 divided by zero; a fraction or a negative built some width the paper never meant."""

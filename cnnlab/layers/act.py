@@ -87,15 +87,46 @@ def get_act_layer(kind: ActSpec, **kwargs) -> ActLayer:
         layer = _ACTS[name]
         _check_options(kind, layer, kwargs)
         return functools.partial(layer, **kwargs) if kwargs else layer
+    problem = layer_type_problem(kind, "get_act_layer('relu')")
+    if problem:
+        raise UnknownNameError(f"Activation {problem}")
     if callable(kind):
+        base = kind.func if isinstance(kind, functools.partial) else kind
+        label = getattr(base, "__name__", type(base).__name__)
+        if isinstance(kind, functools.partial):  # its own keywords are checked as those given here are
+            _check_options(label, functools.partial(base, *kind.args), kind.keywords)
+        _check_options(label, kind, kwargs)
         return functools.partial(kind, **kwargs) if kwargs else kind
     raise UnknownNameError(f"Activation must be a name, a layer type or None, not {type(kind).__name__}.")
 
 
-def _check_options(kind: str, layer: type, kwargs: dict) -> None:
-    """Refuse an option the named activation does not take here, with the ones it does, rather than where a
+def layer_type_problem(kind, example: str):
+    """Why ``kind`` is not a layer type that a model can call once for each layer it builds, in words (to follow
+    "Activation " or "Normalisation "); None when it may be one. A layer (``nn.GELU()``) and a builtin function
+    (``torch.relu``) are callable too, and would fail only inside the model's first block, in torch.
+    ``example``: the factory call that resolves a name (``get_act_layer('relu')``)."""
+    if isinstance(kind, nn.Module):
+        return (f"must be a layer type, not a layer: got an instance of {type(kind).__name__}. A model builds a "
+                f"layer of its own at each place, so give the class ({type(kind).__name__}, without the brackets), "
+                f"a functools.partial of it with its options, or a name resolved by {example}.")
+    if inspect.isbuiltin(kind):  # torch.relu and its kin: no layer to put in a model
+        return (f"must be a layer type, not a function: got the function {getattr(kind, '__name__', '?')}. A model "
+                f"builds a layer at each place, so give an nn.Module class, a functools.partial of one, or a name "
+                f"resolved by {example}.")
+    return None
+
+
+def _check_options(kind: str, layer: ActLayer, kwargs: dict) -> None:
+    """Refuse an option the activation does not take here, with the ones it does, rather than where a
     model builds its first activation (torch's "unexpected keyword argument")."""
-    takes = [key for key in inspect.signature(layer).parameters if key not in ("self", "args", "kwargs")]
+    if not kwargs:
+        return
+    try:
+        params = inspect.signature(layer).parameters.values()
+    except (TypeError, ValueError):  # no readable signature: the layer itself checks when it is built
+        return
+    # A layer without an __init__ of its own (nn.Tanh) shows nn.Module's (*args, **kwargs), which refuses any key
+    takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(kwargs) - set(takes))
     if unknown:
         options = ", ".join(takes) if takes else "no options"

@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import fused
-from cnnlab.layers.act import ActLayer
+from cnnlab.layers.act import ActLayer, layer_type_problem
 from cnnlab.layers.norm import NormLayer, is_no_norm
 
 
@@ -34,6 +34,9 @@ def check_layer_types(block: str, **layers) -> None:
     """Refuse a ``norm_layer`` / ``act_layer`` that is not a layer type (a name such as "bn", most often), with
     the factory that resolves it; it would otherwise fail as "'str' object is not callable" inside the block."""
     for key, layer in layers.items():
+        problem = layer_type_problem(layer, f"cnnlab.layers.{_FACTORIES[key]}(NAME)")
+        if problem:
+            raise CnnlabError(f"{block}'s {key} {problem}")
         if layer is not None and not callable(layer):
             factory = _FACTORIES[key]
             raise CnnlabError(f"{block} takes {key} as a layer type (a class or partial that builds the layer, or "

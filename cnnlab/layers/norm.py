@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, shown_value
+from cnnlab.layers.act import layer_type_problem
 
 NormLayer = Callable[[int], nn.Module]
 NormSpec = Union[str, NormLayer, None]
@@ -118,9 +119,15 @@ def get_norm_layer(kind: NormSpec, **kwargs) -> NormLayer:
         layer = _NORMS[name]
         kwargs = _check_options(kind, layer, kwargs)
         return functools.partial(layer, **kwargs) if kwargs else layer
+    problem = layer_type_problem(kind, "get_norm_layer('bn')")
+    if problem:
+        raise UnknownNameError(f"Normalisation {problem}")
     if callable(kind):
         base = kind.func if isinstance(kind, functools.partial) else kind
-        kwargs = _check_options(getattr(base, "__name__", type(base).__name__), kind, kwargs)
+        label = getattr(base, "__name__", type(base).__name__)
+        if isinstance(kind, functools.partial):  # its own keywords are checked as those given here are
+            _check_options(label, functools.partial(base, *kind.args), kind.keywords)
+        kwargs = _check_options(label, kind, kwargs)
         return functools.partial(kind, **kwargs) if kwargs else kind
     raise UnknownNameError(f"Normalisation must be a name, a layer type or None, not {type(kind).__name__}.")
 

@@ -270,6 +270,9 @@ def create_model(
     except TypeError as err:
         # "keyword argument 'x'" where the builder passes x by keyword, "argument 'x'" where it passes x by position
         fixed = re.search(r"got multiple values for (?:keyword )?argument '([^']+)'", str(err))
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+        if not any(match and match.group(1) in options for match in (fixed, unexpected)):
+            raise  # not an option given here: a layer the model builds (a norm or act type given) refused its own
         if fixed:
             # The builder passes this option itself: it is what makes the model that name.
             raise CnnlabError(
@@ -277,9 +280,6 @@ def create_model(
                 f"{name}), so it cannot be given as an option: leave {fixed.group(1)} out, or build another model "
                 "of its family (cnnlab models lists them)."
             ) from err
-        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
-        if not unexpected:
-            raise
         if unexpected.group(1) == "zero_init_residual":
             # Say why: true means something, only not for a model without residual blocks
             if check_bool_option("zero_init_residual", kwargs["zero_init_residual"], ZERO_INIT_RESIDUAL_MEANING):
