@@ -310,7 +310,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
                           "whose folder does not exist. Create that folder, or remove the link.")
     if suffixes and path.suffix.lower() not in suffixes:
         raise CnnlabError(f"{option} '{path}' must be a {' or '.join(suffixes)} file.")
-    if ".png" in suffixes and path.suffix.lower() == ".png" and not _replaceable_plot(path):  # a plot goes there
+    if ".png" in suffixes and path.suffix.lower() == ".png" and not replaceable_plot(path):  # a plot goes there
         raise CnnlabError(f"{option} '{display_name(str(path))}' is an image that no plot wrote (a photo, or an image "
                           "of a data set): the plot would replace it. Name another file, or move that one away first.")
     problem = _folder_problem(path.parent, bytes_needed)
@@ -319,7 +319,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
     return path
 
 
-def _replaceable_plot(path: Path) -> bool:
+def replaceable_plot(path: Path) -> bool:
     """Whether a plot may be written over ``path``: nothing is there, or a PNG that matplotlib wrote (cnnlab's plots
     are matplotlib's, and say so in the file's Software entry), or a file that cannot be read as an image at all.
     A photo or a data set's image is kept: `cnnlab data show --out DATA/test/0/0020.png` replaced one."""

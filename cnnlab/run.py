@@ -111,6 +111,10 @@ EVAL_CONFUSION_FILE = "confusion.json"
 EVAL_CONFUSION_PNG = "confusion.png"
 EVAL_MISTAKES_PNG = "mistakes.png"
 EVAL_FILES = (EVAL_METRICS_FILE, EVAL_CONFUSION_FILE, EVAL_CONFUSION_PNG, EVAL_MISTAKES_PNG)
+# What an eval's metrics.json holds besides its other numbers (is_eval_folder): the accuracy, and the checkpoint read
+EVAL_METRICS_KEYS = ("top1", "checkpoint")
+# A transfer ladder's result (cnnlab.transfer.ladder), beside its SIZE/seedK/RUNG run folders
+TRANSFER_RESULT_FILE = "transfer.json"
 # The key under which an eval's metrics.json, and each member of an ensemble result, record which weights they
 # measured: the checkpoint file relative to the result's folder and its identity (cnnlab.evaluate.measured). A
 # resumed run keeps its evals and ensemble results, and its checkpoints move on: readers compare the two.
@@ -434,6 +438,9 @@ def refuse_a_runs_own_file(path: str | Path, option: str = "--out") -> None:
     if path.name in RUN_FILES and RunFolder(path.parent).is_run():
         raise CnnlabError(f"{option} '{display_name(str(path))}' is the run's own {path.name}, which its training "
                           "wrote: this would replace it. Give the file a name of its own.")
+    if path.name in EVAL_FILES and is_eval_folder(path.parent):
+        raise CnnlabError(f"{option} '{display_name(str(path))}' is an eval's own {path.name}, which `cnnlab eval` "
+                          "wrote in that folder: this would replace it. Give the file a name of its own.")
 
 
 def is_search_folder(path: str | Path) -> bool:
@@ -443,20 +450,51 @@ def is_search_folder(path: str | Path) -> bool:
     return os.path.isdir(Path(path) / SEARCH_TRIALS_DIR) or os.path.isfile(Path(path) / SEARCH_STUDY_FILE)
 
 
+def is_eval_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a `cnnlab eval`'s metrics.json: a JSON object with :data:`EVAL_METRICS_KEYS`."""
+    import json
+
+    try:
+        value = json.loads((Path(folder) / EVAL_METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none, unreadable, or not JSON
+        return False
+    return isinstance(value, dict) and all(key in value for key in EVAL_METRICS_KEYS)
+
+
+def is_transfer_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is a transfer ladder's: its transfer.json, or (before the first one is written) a SIZE
+    folder holding a seedK folder."""
+    folder = Path(folder)
+    if os.path.isfile(folder / TRANSFER_RESULT_FILE):
+        return True
+    try:
+        sizes = [entry for entry in folder.iterdir() if entry.name.isdigit() and entry.is_dir()]
+        return any(seed.name.startswith("seed") and seed.is_dir() for size in sizes for seed in size.iterdir())
+    except OSError:  # not a folder, or one that cannot be listed
+        return False
+
+
 # What made a folder, as folder_made_by names it: the command whose files it holds
 MADE_BY_TRAIN, MADE_BY_SEARCH, MADE_BY_EXPERIMENT = "train", "search", "experiment"
+MADE_BY_TRANSFER, MADE_BY_EVAL = "transfer", "eval"
 
 
 def folder_made_by(folder: str | Path) -> Optional[tuple[str, str]]:
     """(the command whose folder ``folder`` is, how a message names it), or None: a training run's (its
-    config.yaml), a search's (its trials/ or study.db) or an experiment's (its settings.json). A command that writes
-    its own kind of folder refuses the others' (their files would mix)."""
+    config.yaml), a search's (its trials/ or study.db), an experiment's (its settings.json), a transfer ladder's
+    (its transfer.json or SIZE/seedK folders) or an eval's (its metrics.json). A command that writes its own kind
+    of folder refuses the others' (their files would mix)."""
     if RunFolder(folder).is_run():
         return MADE_BY_TRAIN, f"a training run's folder (it has its {CONFIG_FILE})"
     if is_search_folder(folder):
         return MADE_BY_SEARCH, f"a `cnnlab search` folder (it holds {SEARCH_TRIALS_DIR}/ or {SEARCH_STUDY_FILE})"
     if is_experiment_folder(folder):
         return MADE_BY_EXPERIMENT, f"a `cnnlab experiment` folder (its {EXPERIMENT_SETTINGS_FILE} names the experiment)"
+    if is_transfer_folder(folder):
+        return MADE_BY_TRANSFER, (f"a `cnnlab transfer` ladder's folder (it holds {TRANSFER_RESULT_FILE} or the "
+                                  "ladder's SIZE/seedK runs)")
+    if is_eval_folder(folder):
+        return MADE_BY_EVAL, f"a `cnnlab eval` folder (its {EVAL_METRICS_FILE} holds an eval's measures)"
     return None
 
 

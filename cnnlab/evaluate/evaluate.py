@@ -679,10 +679,32 @@ def check_out_holds_only_evals(folder: Path, option: str) -> None:
     # an eval's own files, and the temporary files of one killed while writing them (cnnlab.io.atomic_path)
     own = [*EVAL_FILES, *(f".{name}.*.tmp" for name in EVAL_FILES)]
     others = sorted(entry.name for entry in folder.iterdir() if not any(fnmatch(entry.name, mine) for mine in own))
+    # Files by an eval's names that no eval wrote (a metrics.json of one's own, a photo named mistakes.png)
+    others += [name for name in EVAL_FILES if (folder / name).exists() and not _eval_wrote(folder, name)]
     if others:
         raise CnnlabError(f"{option} '{display_name(str(folder))}' holds files an eval does not write "
                           f"({first_few(map(display_name, others), 5)}): the eval's report would be mixed in among "
-                          "them. Name a new or empty folder, or an earlier eval's folder, whose files it replaces.")
+                          "them, or replace them. Name a new or empty folder, or an earlier eval's folder, whose "
+                          "files it replaces.")
+
+
+def _eval_wrote(folder: Path, name: str) -> bool:
+    """Whether ``folder``'s file ``name`` (one of EVAL_FILES) is what an eval writes there, and may be replaced: its
+    metrics.json (is_eval_folder), a confusion.json with the matrix's keys, or a plot matplotlib wrote."""
+    import json
+
+    from cnnlab.io import replaceable_plot
+    from cnnlab.run import EVAL_CONFUSION_FILE, EVAL_METRICS_FILE, is_eval_folder
+
+    if name == EVAL_METRICS_FILE:
+        return is_eval_folder(folder)
+    if name == EVAL_CONFUSION_FILE:
+        try:
+            value = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(value, dict) and all(key in value for key in ("classes", "matrix"))
+    return replaceable_plot(folder / name)
 
 
 @keeps_thread_setting

@@ -63,7 +63,7 @@ from typing import Callable, Optional
 from cnnlab.config import DataConfig, RunConfig, config_to_dict, record_paths, schedule_problems
 from cnnlab.errors import CnnlabError, counted, display_name, first_few
 from cnnlab.io import atomic_leftovers
-from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
+from cnnlab.run import CONFIG_FILE, INIT_FILE, TRANSFER_RESULT_FILE, MetaKey, RunFolder, recorded_place
 from cnnlab.text import RunCount, duration_text
 from cnnlab.train.between_runs import stop_between_runs
 from cnnlab.transfer.probe import (
@@ -101,7 +101,7 @@ LECTURE_SAYS = {("similar", "small"): "linear classifier on the top layer",
                 ("similar", "large"): "fine-tune all layers",
                 ("different", "small"): "try another model or collect more data",
                 ("different", "large"): "fine-tune all layers, or train from scratch"}
-RESULT_FILE = "transfer.json"
+RESULT_FILE = TRANSFER_RESULT_FILE
 PLOT_FILE = "transfer.png"
 # transfer.json records each training run's folder (runs[].run_dir) relative to the ladder's folder (its place,
 # SIZE/seedK/RUNG: run_place), so that the record names the run, and a continued ladder finds the seconds it

@@ -319,7 +319,14 @@ def test_eval_out_refuses_a_folder_holding_what_an_eval_does_not_write(runs, tmp
     images = tmp_path / "data" / "cat"
     images.mkdir(parents=True)
     (images / "0.png").write_bytes(b"png")
-    for folder, named in ((Path(other), "config.yaml"), (images, "0.png")):
+    own_notes = tmp_path / "notes"
+    own_notes.mkdir()
+    (own_notes / "metrics.json").write_text('{"my_experiment": "keep me"}')  # an eval's name, not an eval's file
+    photo = tmp_path / "photo"
+    photo.mkdir()
+    Image.new("RGB", (4, 4)).save(photo / "mistakes.png")  # an image that no plot wrote
+    for folder, named in ((Path(other), "config.yaml"), (images, "0.png"), (own_notes, "metrics.json"),
+                          (photo, "mistakes.png")):
         before = sorted(p.name for p in folder.iterdir())
         code, out, err = cli(["eval", member, "--out", str(folder)])
         assert code == 2 and "holds files an eval does not write" in err and named in err, err
@@ -336,6 +343,20 @@ def test_eval_out_refuses_a_folder_holding_what_an_eval_does_not_write(runs, tmp
     code, out, err = cli(["eval", member, "--out", str(earlier)])
     assert code == 0, err
     assert not any(leftover.exists() for leftover in killed) and live.exists()
+
+
+def test_other_commands_do_not_write_over_an_evals_own_files(runs, tmp_path, cli):
+    """`data show --out EVAL/mistakes.png` replaced the eval's mistakes with an augmentation grid, which the run's
+    page then showed as "the most confidently wrong images"; the same for compare's plot (ensemble's JSON: below)."""
+    member = str(runs["members"][0])
+    evaluated = tmp_path / "evaluated"
+    assert cli(["eval", member, "--out", str(evaluated)])[0] == 0
+    before = {path.name: path.read_bytes() for path in evaluated.iterdir()}
+    for command in (["data", "show", "digits", "--out", str(evaluated / "mistakes.png")],
+                    ["compare", "lenet5", "alexnet", "--plot", str(evaluated / "confusion.png")]):
+        code, _, err = cli(command)
+        assert code == 2 and "is an eval's own" in err and "Traceback" not in err, err
+    assert {path.name: path.read_bytes() for path in evaluated.iterdir()} == before
 
 
 def test_snapshots_of_a_run_with_one_snapshot_are_refused_without_advising_snapshots(runs, tmp_path, cli):
@@ -403,12 +424,13 @@ def test_ensemble_replaces_only_an_earlier_report_and_says_where_it_wrote(runs, 
     assert script.read_text() == "print('mine')\n"
     code, out, err = cli(["eval", members[0], "--out", str(tmp_path / "eval")])
     assert code == 0, err
-    for other in (tmp_path / "eval" / "metrics.json", tmp_path / "notes.json"):
+    for other, said in ((tmp_path / "eval" / "metrics.json", "is an eval's own metrics.json"),
+                        (tmp_path / "notes.json", "is not an earlier ensemble report")):
         if not other.exists():
             other.write_text('{"mine": 1}')
         before = other.read_text()
         code, out, err = cli(["ensemble", *members, "--out", str(other)])
-        assert code == 2 and "is not an earlier ensemble report" in err and "Traceback" not in err, err
+        assert code == 2 and said in err and "Traceback" not in err, err
         assert other.read_text() == before
     report = tmp_path / "ensemble.json"
     code, out, err = cli(["ensemble", *members, "--out", str(report)])

@@ -146,7 +146,7 @@ def test_a_run_without_its_config_file_is_not_sent_between_resume_and_a_new_run(
     assert cli(["train", "--resume", str(run)])[0] == 0
 
 
-def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experiments(cli, tmp_path):
+def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experiments_a_ladders_or_an_evals(cli, tmp_path):
     """`search --out RUN` wrote study.db, trials/ and results.csv beside a run's files, and `train --out SEARCH`
     a run's files beside a study's (`cnnlab runs` then listed the search folder as a run beside its trials). Each
     is refused before anything is written, and so is an experiment's folder."""
@@ -175,6 +175,17 @@ def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experime
         code, _, err = cli([*args, "--out", str(experiment)])
         assert code == 2 and "is a `cnnlab experiment` folder" in err, err
         assert [path.name for path in experiment.iterdir()] == [EXPERIMENT_SETTINGS_FILE]
+    # A transfer ladder's folder (a later `cnnlab transfer` could never continue it) and an eval's
+    ladder = tmp_path / "ladder"
+    (ladder / "10" / "seed0").mkdir(parents=True)  # the ladder's first run, before its transfer.json
+    evaluated = tmp_path / "evaluated"
+    assert cli(["eval", str(run), "--out", str(evaluated)])[0] == 0
+    for folder, made_by in ((ladder, "is a `cnnlab transfer` ladder's folder"), (evaluated, "is a `cnnlab eval` folder")):
+        before = sorted(folder.rglob("*"))
+        for args in (["train", *QUICK], searching):
+            code, _, err = cli([*args, "--out", str(folder)])
+            assert code == 2 and made_by in err, err
+            assert sorted(folder.rglob("*")) == before
 
 
 def test_a_run_that_fails_after_a_checkpoint_says_how_to_continue_it(cli, tmp_path, monkeypatch):
