@@ -281,7 +281,7 @@ def test_a_command_does_not_take_an_earlier_commands_signal_for_its_own(cli, mon
     assert engine.received_signal() is None and between_runs.last_signal() is None
 
 
-def test_the_default_transfer_folder_names_the_source_run(tmp_path):
+def test_the_default_transfer_folder_names_the_source_run(tmp_path, monkeypatch):
     """A checkpoint file in a run folder is named by its run and its stem: two runs' best.safetensors used to
     share runs/transfer-best-safetensors-DATA, and the second was refused as another source's folder."""
     from cnnlab.cli import _transfer_default_out
@@ -295,6 +295,12 @@ def test_the_default_transfer_folder_names_the_source_run(tmp_path):
     assert _transfer_default_out(str(run), "digits") == Path("runs/transfer-src-digits")
     assert _transfer_default_out(str(run / "best.safetensors"), "digits") == Path("runs/transfer-src-best-digits")
     assert _transfer_default_out(str(loose), "folder:/data/x") == Path("runs/transfer-resnet18-f37072fd-folder--data-x")
+    # '.' and '..' stand for a folder, whose name is the source's (they gave runs/transfer--digits)
+    (run / "sub").mkdir()
+    monkeypatch.chdir(run / "sub")
+    assert _transfer_default_out("..", "digits") == Path("runs/transfer-src-digits")
+    monkeypatch.chdir(run)
+    assert _transfer_default_out(".", "digits") == Path("runs/transfer-src-digits")
 
 
 def test_names_with_brackets_and_backslashes_are_shown_as_they_are(tmp_path, cli):
