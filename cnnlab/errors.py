@@ -308,6 +308,17 @@ def display_class(name: str) -> str:
     return unicodedata.normalize("NFC", display_name(name))
 
 
+def shell_word(path) -> str:
+    """``path`` as a command in a message names it: quoted for the shell, so that the command runs as shown
+    whatever the folder is named (a space, a quote), with './' before a relative name that starts with '-' (the
+    command would read it as an option), and shown as every name is (:func:`display_name`: a byte that is not UTF-8
+    as \\xff, never the raw byte)."""
+    import shlex
+
+    text = display_name(str(path))
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
 def display_name(name: str) -> str:
     """How a class, file or folder name is shown everywhere: tables, plots, JSON, reports, messages.
 

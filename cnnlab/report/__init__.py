@@ -13,12 +13,11 @@ and every text from a run (config values, class names) is HTML-escaped.
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from cnnlab.errors import CnnlabError, counted, display_name
+from cnnlab.errors import CnnlabError, counted, display_name, shell_word
 from cnnlab.report.runs import (  # noqa: F401  (the package's API)
     EvalRecord,
     RunRecord,
@@ -111,7 +110,7 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
     for record in records:
         if record.problems and say is not None:
             say(f"{display_name(str(record.path))}: {counted(len(record.problems), 'problem')} with its files, listed "
-                f"on the page (`cnnlab runs {shlex.quote(display_name(str(record.path.parent)))}` names them too).")
+                f"on the page (`cnnlab runs {shell_word(record.path.parent)}` names them too).")
     if relative_to is not None:
         shown = [replace(record, path=_relative(record.path, Path(relative_to))) for record in records]
     else:

@@ -38,14 +38,13 @@ import json
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from cnnlab.config import RECORD_KEYS, TooLongNumberError, flatten_config
 from cnnlab.data.sources import display_name
-from cnnlab.errors import CnnlabError, counted, first_few, is_finite_number, noun_for
+from cnnlab.errors import CnnlabError, counted, first_few, is_finite_number, noun_for, shell_word
 from cnnlab.io import lock_holder, process_gone
 from cnnlab.run import (
     CHECKPOINT_BEST,
@@ -254,13 +253,6 @@ def _not_trials(path: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def _shell_word(path: Path) -> str:
-    """``path`` as a command in a message names it: quoted for the shell, so that the command runs as shown
-    whatever the folder is named (a space, a quote), and shown as every name is (display_name: a byte that is not
-    UTF-8 as \\xff, never the raw byte)."""
-    return shlex.quote(display_name(str(path)))
-
-
 def _not_a_run(path: Path) -> CnnlabError:
     """Why ``path`` is not a run folder, and what to name instead, as one paragraph."""
     if not path.exists():
@@ -275,7 +267,7 @@ def _not_a_run(path: Path) -> CnnlabError:
         return CnnlabError(f"'{display_name(str(path))}' is {'' if experiment == path else 'in '}the folder of a "
                            f"`cnnlab experiment`, not a run folder: the experiment writes its own page, "
                            f"'{display_name(str(experiment / REPORT_HTML_FILE))}'. To put some of its training runs on "
-                           f"a page, name their folders (`cnnlab runs {_shell_word(experiment)}` lists them).")
+                           f"a page, name their folders (`cnnlab runs {shell_word(experiment)}` lists them).")
     holder = RunFolder(path).starting_holder()
     if holder is not None:
         return CnnlabError(f"'{display_name(str(path))}' is the folder of a run that is starting ({holder}): it has "
@@ -312,7 +304,7 @@ def _not_a_run(path: Path) -> CnnlabError:
                            f"{counted(len(runs), 'run folder')} in its first {HELD_RUNS_DEPTH} levels: {shown}. "
                            "Name the runs themselves "
                            f"(e.g. '{display_name(str(path / runs[0]))}'), or list them "
-                           f"with `cnnlab runs {_shell_word(path)}`.")
+                           f"with `cnnlab runs {shell_word(path)}`.")
     lost = _lost_config(path)
     if lost:
         return CnnlabError(f"'{display_name(str(path))}' has {lost}, and a run folder is told by its {CONFIG_FILE}, so it is not read "
@@ -779,16 +771,16 @@ def _non_finite(rows: list[dict], steps: list[tuple[int, float, float]]):
 def _how_to_continue(folder: RunFolder) -> str:
     """How to carry on with a run that stopped part-way: --resume needs its last checkpoint, which a run
     stopped in its first epoch before any was saved does not have (a second Ctrl-C, a killed process)."""
-    path = _shell_word(folder.path)
+    path = shell_word(folder.path)
     if folder.path.parent.name == SEARCH_TRIALS_DIR and is_search_folder(folder.path.parent.parent):
         # A search that runs again queues a stopped trial's parameters afresh, in a new trial, and removes the
         # stopped one's folder: a resume of it would be work the search throws away.
         return (f"the `cnnlab search` that made it continues with the same command (--out "
-                f"{_shell_word(folder.path.parent.parent)}), which runs this trial's parameters again")
+                f"{shell_word(folder.path.parent.parent)}), which runs this trial's parameters again")
     if folder.last.is_file():
         return f"`cnnlab train --resume {path}` continues it"
     return (f"no checkpoint was saved ({folder.last.name}), so there is nothing to resume: "
-            f"`cnnlab train --config {_shell_word(folder.config)} --out {path}` starts it again")
+            f"`cnnlab train --config {shell_word(folder.config)} --out {path}` starts it again")
 
 
 def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: list, planned: Optional[int],
@@ -829,7 +821,7 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
             if not folder.report.is_file() and lock_holder(folder.lock) is None:
                 problems.append(f"{REPORT_FILE} is missing although {STATUS_FILE} says the run finished: it was stopped "
                                 f"while writing its reports at the end. `cnnlab train --resume "
-                                f"{_shell_word(folder.path)}` writes them, training nothing again.")
+                                f"{shell_word(folder.path)}` writes them, training nothing again.")
             return "finished", f"finished {recorded}{why}"  # a message: why it ended early (early stopping)
         if state == "interrupted":
             how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"
@@ -1342,16 +1334,16 @@ def stale_remedy(record: RunRecord) -> str:
     steps = []
     # each stale eval again on the file it measured: `cnnlab eval RUN` reads best.safetensors, so an eval of
     # last.safetensors or a snapshot names that file
-    commands = list(dict.fromkeys(f"`cnnlab eval {_shell_word(_measured_target(record, item))}`"
+    commands = list(dict.fromkeys(f"`cnnlab eval {shell_word(_measured_target(record, item))}`"
                                   for item in record.evals if item.stale))
     if commands:
         steps.append(f"evaluate again ({', '.join(commands)}, with the same options)")
     for result in record.ensembles:
         if result.get("stale"):
-            members = " ".join(_shell_word(Path(str(member.get("checkpoint")))) for member in result.get("members") or []
+            members = " ".join(shell_word(Path(str(member.get("checkpoint")))) for member in result.get("members") or []
                                if isinstance(member, dict))
             steps.append(f"run the ensemble again (`cnnlab ensemble {members} --out "
-                         f"{_shell_word(Path(str(result.get('file'))))}`, with the same options)")
+                         f"{shell_word(Path(str(result.get('file'))))}`, with the same options)")
     return "; ".join(steps)
 
 

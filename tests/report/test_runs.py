@@ -244,6 +244,18 @@ def test_the_cnnlab_runs_commands_the_report_names_run_as_shown(runs, tmp_path, 
         assert code == 0 and "damaged" in listed
 
 
+def test_the_cnnlab_runs_command_the_report_names_runs_for_a_folder_named_like_an_option(runs, tmp_path, cli,
+                                                                                       monkeypatch):
+    """`cnnlab report -- -grp` suggested `cnnlab runs -grp`, which reads -grp as options ("No such option: -g")."""
+    _copy(runs["a"], tmp_path / "-grp" / "a")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["report", "--", "-grp"])
+    command = shlex.split(re.search(r"`cnnlab (runs [^`]+)`", out + err).group(1))
+    assert code == 2 and command == ["runs", "./-grp"], err
+    code, listed, err = cli(command)
+    assert code == 0 and "a" in listed.split(), err
+
+
 def test_empty_metrics_is_an_empty_run(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "empty"))
     folder.metrics.write_bytes(b"")
