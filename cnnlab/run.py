@@ -58,7 +58,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from cnnlab.errors import CnnlabError, display_name
+from cnnlab.errors import CnnlabError, display_name, shell_word
 
 if TYPE_CHECKING:  # the functions below import what they use when called: importing the names costs nothing
     import torch
@@ -726,6 +726,17 @@ class RunFolder:
             if candidate.is_dir():
                 raise CnnlabError(f"'{display_name(str(candidate))}' is a folder, not a checkpoint file: a run folder written by "
                                   "`cnnlab train` keeps its checkpoints as files. Point at a checkpoint file.")
+        if self.is_run():  # a run that has saved no checkpoint yet: training now, or stopped before its first
+            from cnnlab.io import lock_holder
+
+            holder = lock_holder(self.lock)
+            if holder:
+                raise CnnlabError(f"'{display_name(str(self.path))}' is a run still training ({holder}) that has "
+                                  "saved no checkpoint yet: its first comes with the end of its first epoch. Wait "
+                                  "for it, then run this again.")
+            raise CnnlabError(f"'{display_name(str(self.path))}' is a run that stopped before it saved a checkpoint, "
+                              "so it holds no weights to read. Train it again in its folder: cnnlab train --config "
+                              f"{shell_word(self.config)} --out {shell_word(self.path)}")
         raise CnnlabError(f"'{display_name(str(self.path))}' holds no {' or '.join(CHECKPOINT_PREFERENCE)}: point at a run folder "
                           "written by `cnnlab train`, or at a checkpoint file.")
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shlex
 import shutil
 import sys
 import time
@@ -785,6 +787,31 @@ def test_export_refuses_a_file_name_of_another_format(runs, tmp_path, cli, fmt, 
 
 
 # --- bad input ------------------------------------------------------------------------------------
+
+
+def test_a_run_without_a_checkpoint_yet_is_named_as_a_run_with_how_to_get_one(runs, tmp_path, cli):
+    """A run killed in its first epoch was "holds no best.safetensors ...: point at a run folder written by
+    `cnnlab train`", which it is; the message now says it stopped before a checkpoint, and the command it gives
+    trains the run again in its folder. A run still in its first epoch (its lock held) is told to be waited for."""
+    import fcntl
+
+    from cnnlab.run import RunFolder
+
+    killed = RunFolder(tmp_path / "killed")
+    shutil.copytree(runs["members"][0], killed.path)
+    for checkpoint in killed.path.glob("*.safetensors"):
+        checkpoint.unlink()
+    for args in (["eval", str(killed.path)], ["export", str(killed.path), "--format", "onnx"]):
+        code, out, err = cli(args)
+        assert code == 2 and "is a run that stopped before it saved a checkpoint" in err and "Traceback" not in err, err
+    again = re.search(r"Train it again in its folder: (cnnlab train .*)$", " ".join(err.split())).group(1)
+    assert shlex.split(again)[1:] == ["train", "--config", str(killed.config), "--out", str(killed.path)]
+    with open(killed.lock, "w") as lock:  # the run's own process holds its lock while it trains
+        lock.write("process 1 on host (`cnnlab train ...`)")
+        lock.flush()
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        code, out, err = cli(["eval", str(killed.path)])
+    assert code == 2 and "is a run still training (process 1 on host" in err and "Wait for it" in err, err
 
 
 def test_bad_checkpoints_and_options_exit_2(runs, tmp_path, cli):
