@@ -22,6 +22,9 @@ from cnnlab.errors import CnnlabError, display_name, is_utf8
 
 # The advice a failed write ends with; a run that had saved a checkpoint says how to resume it instead (cnnlab.cli)
 WRITE_ADVICE = "Choose a writable folder with free space."
+# The advice for a place this process may not write; a command that chose the place itself gives its own instead
+# (check_output_folder's ``instead``)
+CHOOSE_WRITABLE = "Choose a folder you can write to."
 
 
 @contextmanager
@@ -213,7 +216,7 @@ MIN_FREE_BYTES = 16 * 2**20
 
 
 def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed: int = 0,
-                        create: bool = False, holds_runs: bool = False) -> Path:
+                        create: bool = False, holds_runs: bool = False, instead: str = "") -> Path:
     """Check, before any work, that ``folder`` can be written (created if missing); return it.
 
     Refuses, with a CnnlabError naming ``option`` and the path: a file where the folder should be
@@ -221,7 +224,8 @@ def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed:
     with less than ``max(bytes_needed, MIN_FREE_BYTES)`` free, and a path that is not UTF-8
     (:func:`check_utf8_path`; ``holds_runs``: training runs are written there, which the message says).
     Nothing is created unless ``create``; the check writes and removes one empty probe file in the
-    nearest existing folder.
+    nearest existing folder. ``instead`` takes the place of the advice to choose a folder one can write to, where
+    the command chose the place itself (an eval's folder in the run's, a resumed run's own folder).
     """
     folder = Path(folder)
     check_utf8_path(folder, option, RUNS_NEED_UTF8 if holds_runs else OUTPUTS_NEED_UTF8)
@@ -231,7 +235,7 @@ def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed:
                           "missing), or move the file away.")
     problem = _folder_problem(folder, bytes_needed)
     if problem:
-        raise CnnlabError(f"{option} '{folder}' cannot be written: {problem}.")
+        raise CnnlabError(f"{option} '{folder}' cannot be written: {_with_advice(problem + '.', instead)}")
     if create:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -288,12 +292,21 @@ RUNS_NEED_UTF8 = ("A training run keeps its checkpoints as safetensors files, wh
                   "only, so a run written there could not be resumed or evaluated")
 
 
+def _with_advice(problem: str, instead: str) -> str:
+    """``problem`` (ending in its advice) with ``instead`` in place of the general :data:`CHOOSE_WRITABLE`; other
+    advice (free some space) stays, and ``instead`` follows it."""
+    if not instead:
+        return problem
+    return f"{problem.removesuffix(' ' + CHOOSE_WRITABLE)} {instead}"
+
+
 def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[str, ...] = (),
-                      bytes_needed: int = 0) -> Path:
+                      bytes_needed: int = 0, instead: str = "") -> Path:
     """Check, before any work, that the file ``path`` can be written (its folder is created later).
 
     ``suffixes`` (lower case, with the dot) are the allowed endings where the name picks the format.
-    The folder is checked as in :func:`check_output_folder`, and the path is refused unless it is UTF-8.
+    The folder is checked as in :func:`check_output_folder` (``instead`` as there), and the path is refused
+    unless it is UTF-8.
     (A training run's own files: :func:`cnnlab.run.refuse_a_runs_own_file`, which the commands that write
     plots and results call too.)"""
     check_names_a_file(path, option, "output" + (suffixes[0] if suffixes else ""))
@@ -315,7 +328,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
                           "of a data set): the plot would replace it. Name another file, or move that one away first.")
     problem = _folder_problem(path.parent, bytes_needed)
     if problem:
-        raise CnnlabError(f"{option} '{path}' cannot be written: {problem}.")
+        raise CnnlabError(f"{option} '{path}' cannot be written: {_with_advice(problem + '.', instead)}")
     return path
 
 
@@ -409,7 +422,7 @@ def _folder_problem(folder: Path, bytes_needed: int) -> str:
         os.close(descriptor)
         os.remove(probe)
     except OSError as err:
-        return f"{err.strerror or err} in '{existing}'. Choose a folder you can write to"
+        return f"{err.strerror or err} in '{existing}'. {CHOOSE_WRITABLE.removesuffix('.')}"
     free = shutil.disk_usage(existing).free
     needed = max(bytes_needed, MIN_FREE_BYTES)
     if free < needed:
@@ -534,7 +547,7 @@ def lock_holder(lock: str | Path) -> Optional[str]:
 
 
 @contextmanager
-def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[None]:
+def hold_folder(lock: str | Path, what: str, option: str = "--out", instead: str = "") -> Iterator[None]:
     """Hold the folder of the lock file ``lock`` for this process while the block writes ``what`` there.
 
     A second process that asks for the same folder is refused at once with a CnnlabError naming the
@@ -543,7 +556,7 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[
     killed run leaves no stale lock behind. The block's end removes the lock file (a process killed
     outright leaves it, held by no one, and the next takes it), and a folder created here for it is
     removed again when the block fails before writing anything else there.
-    Without ``fcntl`` (Windows) nothing is held.
+    Without ``fcntl`` (Windows) nothing is held. ``instead``: as for :func:`check_output_folder`.
     """
     try:
         import fcntl
@@ -554,15 +567,15 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[
     folder = lock.parent
     # A file in the way, a read-only place or a path that is not UTF-8 (every folder held here, a run's or
     # an experiment's, holds training runs), named before the lock is tried
-    check_output_folder(folder, option, holds_runs=True)
+    check_output_folder(folder, option, holds_runs=True, instead=instead)
     created = not folder.exists()
     while True:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             handle = open(lock, "a+")
         except OSError as err:
-            raise CnnlabError(f"{option} '{folder}' cannot be written: {err.strerror or err}. Choose a folder you "
-                              "can write to.") from None
+            raise CnnlabError(f"{option} '{folder}' cannot be written: "
+                              f"{_with_advice(f'{err.strerror or err}. {CHOOSE_WRITABLE}', instead)}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

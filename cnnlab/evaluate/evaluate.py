@@ -748,7 +748,9 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     if out is not None:
         check_out_not_in_another_run(folder, loaded.path)
     check_out_holds_only_evals(folder, option)
-    check_output_folder(folder, option)  # before the work, not after
+    # before the work, not after; by default the folder goes in the run's, which may be read-only
+    check_output_folder(folder, option, instead="" if out is not None else
+                        "Give --out a folder you can write to (by default the eval's folder is in the run's).")
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device,
                                   originals=tta == RESNET_MODE)
     flips, shift, notes = tta_settings(loaded, dataset, tta, shift)

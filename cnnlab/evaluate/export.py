@@ -228,7 +228,11 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     if path.is_dir():  # the example keeps the format's suffix: a file without one is not known by its name later
         raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as "
                           f"'{path / default_name}'.")
-    check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
+    # before the export; a missing folder is made when the file is kept. By default beside the checkpoint, whose
+    # folder may be read-only
+    check_output_file(path, option, instead="" if out is not None else
+                      "Give --out a file in a folder you can write to (by default the export goes beside the "
+                      "checkpoint).")
     refuse_a_runs_own_file(path, option)
     _refuse_replacing(path, option)
     generator = torch.Generator().manual_seed(whole_number(seed))

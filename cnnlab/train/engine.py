@@ -441,11 +441,20 @@ def keeps_deterministic_setting() -> Iterator[None]:
     restore()
 
 
-def check_run_folder(run_dir: Path, bytes_needed: int) -> None:
+def check_run_folder(run_dir: Path, bytes_needed: int, resume: bool = False) -> None:
     """Fail before training when the run folder cannot be written or the disk is too full; create it."""
     from cnnlab.io import check_output_folder
 
-    check_output_folder(run_dir, "The run folder", bytes_needed=bytes_needed, create=True)
+    check_output_folder(run_dir, "The run folder", bytes_needed=bytes_needed, create=True,
+                        instead=_resume_folder_advice(run_dir) if resume else "")
+
+
+def _resume_folder_advice(run_dir: Path) -> str:
+    """The way on when a resumed run's folder cannot be written: that folder (or a copy), as a resume writes there."""
+    from cnnlab.errors import shell_word
+
+    return (f"A resumed run writes in its own folder: make it writable (chmod -R u+w {shell_word(run_dir)}), or copy "
+            "the run to a folder you can write to and resume the copy.")
 
 
 def refuse_other_channels(config: RunConfig) -> None:
@@ -1517,7 +1526,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
             stop._handle(held, None)  # as if it came now, in set-up: SetupInterrupted, nothing written
         # One writer per run folder: a second train (or a resume) of a run that is still going is refused
         # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
-        with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
+        advice = _resume_folder_advice(Path(out)) if resume else ""
+        with (hold_folder(RunFolder(out).lock, "a training run", "The run folder", advice)
+              if dist_utils.is_main_process() else nullcontext()):
             if resume:
                 config = resumed_config(config, RunFolder(out))
             else:
@@ -1743,7 +1754,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             for leftover in folder.write_leftovers():
                 remove_leftover(leftover)
         parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        check_run_folder(folder.path, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
+        # last + best: weights, 2 moments, EMA
+        check_run_folder(folder.path, bytes_needed=parameter_bytes * 8, resume=resume)
     metrics = MetricsLog(folder.metrics, enabled=info.is_main)
     step_log = StepLossLog(folder.steps, enabled=info.is_main)
     state = RunState()

@@ -814,6 +814,32 @@ def test_a_run_without_a_checkpoint_yet_is_named_as_a_run_with_how_to_get_one(ru
     assert code == 2 and "is a run still training (process 1 on host" in err and "Wait for it" in err, err
 
 
+def test_a_read_only_run_folder_is_told_the_way_on_that_fits_the_command(runs, tmp_path, cli, monkeypatch):
+    """"Choose a folder you can write to" for the folder eval or export chose in a read-only run, or for a resumed
+    run's own folder, named no way to do so: eval and export now name --out, a resume its folder (or a copy)."""
+    from cnnlab import io
+
+    run = tmp_path / "read-only run"
+    shutil.copytree(runs["members"][0], run)
+    folder_problem = io._folder_problem
+
+    def read_only(path, bytes_needed=0):  # as a read-only folder answers (root may write anywhere: a test cannot chmod)
+        inside = Path(path).resolve().is_relative_to(run.resolve())
+        return f"Permission denied in '{run}'. Choose a folder you can write to" if inside else folder_problem(
+            path, bytes_needed)
+
+    monkeypatch.setattr(io, "_folder_problem", read_only)
+    for args, way in ((["eval", str(run)], "Give --out a folder you can write to"),
+                      (["export", str(run), "--format", "onnx"], "Give --out a file in a folder you can write to"),
+                      (["train", "--resume", str(run)], "make it writable (chmod -R u+w")):
+        code, out, err = cli(args)
+        said = " ".join(err.split())
+        assert code == 2 and "Permission denied" in said and way in said, said
+        assert "Choose a folder you can write to" not in said
+    code, out, err = cli(["eval", str(run), "--out", str(tmp_path / "elsewhere")])  # the way it names
+    assert code == 0, err
+
+
 def test_bad_checkpoints_and_options_exit_2(runs, tmp_path, cli):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
