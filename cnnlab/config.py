@@ -362,8 +362,9 @@ def _convert(where: str, value, kind):
         inner = [a for a in args if a is not type(None)]
         return _convert(where, value, inner[0])
     if kind is bool:
-        if isinstance(value, bool):
-            return value
+        plain = _plain(value)  # a numpy or torch bool (a config drawn in Python: rng.random() < 0.5) as Python's
+        if isinstance(plain, bool):
+            return plain
     elif kind is int:
         # numbers.Integral: a numpy integer too (a config built in Python from an array or a sweep)
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -641,8 +642,11 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None, *, template: 
     items = []  # (dotted key, value)
     for section, values in data.items():
         if section not in SECTIONS:
-            raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}."
-                              f"{did_you_mean(section, SECTIONS)}")
+            # a mistyped section ('trian'), or a key written without its section ('lr: 0.1': optim: {lr: 0.1})
+            hint = did_you_mean(section, SECTIONS)
+            if not hint and isinstance(section, str) and _key_suggestion(section):
+                hint = f"{_key_suggestion(section)} In a file a key goes inside its section: SECTION: {{KEY: VALUE}}."
+            raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}.{hint}")
         if values is None:
             continue
         if not isinstance(values, dict):

@@ -112,6 +112,10 @@ def test_bad_yaml_files(tmp_path):
     (tmp_path / "c.yaml").write_text("trainer:\n  epochs: 3\n")
     with pytest.raises(CnnlabError, match="Unknown config section 'trainer'"):
         load_config(tmp_path / "c.yaml")
+    (tmp_path / "key.yaml").write_text("lr: 0.1\n")  # a key without its section: named, as --set lr=0.1 names it
+    with pytest.raises(CnnlabError, match=r"Unknown config section 'lr'.*Did you mean optim\.lr\? In a file a key "
+                                          r"goes inside its section"):
+        load_config(tmp_path / "key.yaml")
     with pytest.raises(CnnlabError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     os.mkfifo(tmp_path / "pipe.yaml")  # as the shell's <(...) gives: it was called a file that does not exist
@@ -356,6 +360,13 @@ def test_numpy_numbers_in_a_config_built_in_python_are_taken_as_numbers():
     assert (type(config.train.epochs), type(config.optim.lr)) == (int, float)  # written to YAML as plain numbers
     with pytest.raises(CnnlabError, match="train.epochs must be int, got np.float64"):
         validate_config(RunConfig(train=TrainConfig(epochs=np.float64(4.0))))
+    # a bool drawn with numpy (rng.random() < 0.5) was refused as "must be bool, got np.True_"
+    config = RunConfig(train=TrainConfig(ema=np.bool_(True), deterministic=np.random.default_rng(0).random() > 2))
+    validate_config(config)
+    assert (config.train.ema, config.train.deterministic) == (True, False)
+    assert type(config.train.ema) is bool and type(config.train.deterministic) is bool
+    with pytest.raises(CnnlabError, match="train.ema must be bool, got np.int64"):  # a number is not a bool
+        validate_config(RunConfig(train=TrainConfig(ema=np.int64(1))))
 
 
 def test_numpy_numbers_in_the_untyped_fields_are_taken_as_numbers(tmp_path):
