@@ -856,7 +856,9 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     items = [(dotted, _override_value(dotted, text)) for dotted, text in chosen.items()]  # (dotted key, value)
     preset = dict(items).get("aug.preset")  # the last one given holds
     old_preset = config.aug.preset
-    if isinstance(preset, str) and preset != old_preset and clear_preset_values(config.aug, dict(items)):
+    # a preset that is not one (checked with the other values below) clears nothing and is refused without a note
+    if (preset in CHOICES[("aug", "preset")] and preset != old_preset
+            and clear_preset_values(config.aug, dict(items))):
         notice(f"aug.preset={preset} over an augmentation recorded in full (a run's recorded config, its values filled "
                f"from preset '{old_preset}'): those values are left out, and '{preset}' fills them again; set one "
                "with --set aug.KEY=VALUE to keep it")

@@ -860,3 +860,8 @@ def test_a_new_preset_over_an_augmentation_recorded_in_full_fills_it_again(capsy
     assert "recorded in full" not in capsys.readouterr().err
     assert apply_overrides(recorded, ["aug.preset=light", "aug.preset=strong"]).aug.crop is None
     assert "aug.preset=strong over an augmentation recorded in full" in capsys.readouterr().err
+    # a preset that is not one is refused, with no note first that it "fills them again"
+    for wrong in ("heavy", "Strong"):
+        with pytest.raises(CnnlabError, match=f"aug.preset='{wrong}' is not allowed"):
+            apply_overrides(recorded, [f"aug.preset={wrong}"])
+        assert "recorded in full" not in capsys.readouterr().err
