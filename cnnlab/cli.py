@@ -28,7 +28,8 @@ from rich.text import Text
 from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import (CPU_ALLOCATION_REFUSED, BatchOfOneError, CnnlabError, counted, display_name, is_out_of_memory,
                            noun_for)
-from cnnlab.io import HeldInterrupt, check_output_file, check_output_folder, claim_new_folder, remove_if_empty
+from cnnlab.io import (HeldInterrupt, check_output_file, check_output_folder, claim_new_folder, missing_folders,
+                       remove_if_empty)
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import (CHECKPOINT_LAST, CONFIG_FILE, DIAGNOSIS_FILE, EVAL_METRICS_FILE, REPORT_FILE, REPORT_HTML_FILE,
                         SEARCH_TRIALS_DIR, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder, refuse_a_runs_own_file)
@@ -1162,6 +1163,7 @@ def train_cmd(
 
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     claimed: Optional[Path] = None  # the default run folder this command created, removed if set-up leaves it empty
+    made: list[Path] = []  # the parents made for it (runs/), removed with it when empty
     if resume is not None:
         if not RunFolder(resume).is_run():
             if RunFolder(resume).last.is_file():  # a run whose settings file is gone: its weights alone do not resume
@@ -1187,6 +1189,7 @@ def train_cmd(
         check_output_folder(run_dir, "--out" if out is not None else "The run folder", holds_runs=True)
         if out is None and is_main_process():
             # runs started in the same second get a folder each (runs/NAME-2, ...); under torchrun rank 0's is used
+            made = missing_folders(run_dir.parent)
             run_dir = claimed = claim_new_folder(run_dir)
     if quiet:
         run_config.log.quiet = True
@@ -1234,7 +1237,7 @@ def train_cmd(
         sys.exit(1)
     finally:
         if claimed is not None:
-            remove_if_empty(claimed)
+            remove_if_empty(claimed, *made)
     if result.interrupted:
         if not is_main_process():
             _leave_the_stop_to_rank_0()  # every rank stopped at this step, after rank 0 saved it

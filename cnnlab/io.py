@@ -263,10 +263,23 @@ def claim_new_folder(path: str | Path) -> Path:
             number += 1
 
 
-def remove_if_empty(folder: str | Path) -> None:
-    """Remove ``folder`` if it exists and holds nothing (a claimed run folder that a failed set-up left empty)."""
-    with contextlib.suppress(OSError):  # not empty, gone, or not ours to remove: it stays
-        Path(folder).rmdir()
+def remove_if_empty(*folders: str | Path) -> None:
+    """Remove each of ``folders``, in order, if it exists and holds nothing (a claimed run folder that a failed
+    set-up left empty, then the parents made for it: :func:`missing_folders`)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, gone, or not ours to remove: it stays
+            Path(folder).rmdir()
+
+
+def missing_folders(path: str | Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what making ``path`` creates, and
+    what a set-up that fails removes again (:func:`remove_if_empty`), so that it leaves no empty folder behind."""
+    missing = []
+    for folder in (Path(path), *Path(path).parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    return missing
 
 
 def check_utf8_path(path: str | Path, option: str, why: str) -> None:
@@ -568,7 +581,7 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out", instead: str
     # A file in the way, a read-only place or a path that is not UTF-8 (every folder held here, a run's or
     # an experiment's, holds training runs), named before the lock is tried
     check_output_folder(folder, option, holds_runs=True, instead=instead)
-    created = not folder.exists()
+    created = missing_folders(folder)  # the folder and the parents made for it, if they are new
     while True:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -603,6 +616,7 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out", instead: str
         except BaseException:
             if created and [entry.name for entry in folder.iterdir()] == [lock.name]:
                 shutil.rmtree(folder, ignore_errors=True)  # refused before it wrote anything: no empty folder
+                remove_if_empty(*created[1:])
             raise
     finally:
         with contextlib.suppress(FileNotFoundError):

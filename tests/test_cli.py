@@ -208,6 +208,12 @@ def test_runs_started_in_the_same_second_get_a_default_folder_each(cli, tmp_path
     code, out, err = cli(args)
     assert code == 2 and "could not be read" in err
     assert not (tmp_path / "runs" / "lenet5-same-second-3").exists()
+    # nor the runs/ folder made for it, in a project folder that had none
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    code, out, err = cli(args)
+    assert code == 2 and "could not be read" in err and list(project.iterdir()) == []
 
 
 def _commands(group, path=()):

@@ -1623,7 +1623,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     them, but the dotted keys ``keep_aug`` (the command's ``--set aug.KEY``), and a note says so.
     """
     from cnnlab.errors import check_count, check_path_argument
-    from cnnlab.io import check_out_is_named, check_output_folder, remove_if_empty
+    from cnnlab.io import check_out_is_named, check_output_folder, missing_folders, remove_if_empty
 
     out = check_path_argument(out, "out", "the search folder")
     check_out_is_named(out, "the study and its trials", "Name a folder for the search.", name="out")
@@ -1687,13 +1687,12 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                               pruner=pruner, seed=base.train.seed if seed is None else seed,
                               threads=worker_threads(workers),
                               refinement=refinement.to_dict() if refinement is not None else None)
-    created = not out.exists()
+    created = missing_folders(out)  # the folder and the parents made for it, if they are new
     out.mkdir(parents=True, exist_ok=True)  # only now: a search refused above leaves no empty folder behind
     try:
         check_study_resumable(settings)  # a resumed study's space file is not overwritten by another space
     except CnnlabError:  # a --storage that cannot be opened, or a study with other settings
-        if created:
-            remove_if_empty(out)
+        remove_if_empty(*created)
         raise
     if refinement is None:
         from cnnlab.io import write_text_atomic

@@ -534,6 +534,8 @@ def test_a_folder_another_process_is_writing_is_refused_and_a_refused_new_folder
     fresh = tmp_path / "fresh"
     code, _, err = cli(["train", *QUICK, "--set", "optim.lr=-1", "--out", str(fresh)])
     assert code == 2 and not fresh.exists()  # a run refused before it began leaves no folder for its lock
+    code, _, err = cli(["train", *QUICK, "--set", "aug.hflip=3", "--out", str(tmp_path / "new" / "deeper" / "run")])
+    assert code == 2 and "aug.hflip" in err and not (tmp_path / "new").exists()  # nor the parents made for it
 
 
 def test_resume_refuses_a_config_file_edited_after_the_run_started(cli, tmp_path):

@@ -1416,6 +1416,12 @@ def test_a_device_this_machine_lacks_is_refused_before_the_first_trial(cli, tmp_
     code, _, err = cli(["search", *QUICK, "--device", "cuda", "--space", str(write_space(tmp_path)), "--out", str(out)])
     assert code == 2 and "train.device='cuda' but no CUDA GPU is available here" in err and "Traceback" not in err
     assert not out.exists()
+    damaged = tmp_path / "damaged.db"
+    damaged.write_text("not a database")  # refused once the folder is made: it goes again, with the parents made
+    out = tmp_path / "new" / "deeper" / "o"
+    code, _, err = cli(["search", *QUICK, "--space", str(write_space(tmp_path)), "--storage", f"sqlite:///{damaged}",
+                        "--out", str(out)])
+    assert code == 2 and "is not a study database" in err and not (tmp_path / "new").exists(), err
 
     coarse = search.plan_search(base_config(), tmp_path, space={"optim.lr": SPACE["optim.lr"]}, trials=3, epochs=1)
     add_completed_trials(coarse, [0.9, 0.8, 0.7])
