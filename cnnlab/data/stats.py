@@ -127,7 +127,8 @@ def compute_stats(split: Split, channels: int, image_size: int) -> ChannelStats:
 
     std is the population std over all pixels of a channel (what the lecture's np.std computes),
     at least :data:`STD_FLOOR`. Raises CnnlabError for an empty split, and for arguments it cannot take
-    (``split`` not a :class:`Split`, ``channels`` not 1 or 3, ``image_size`` not a positive whole number).
+    (``split`` not a :class:`Split`, ``channels`` not 1 or 3, ``image_size`` not a positive whole number, images
+    held as anything but one uint8 (N, C, H, W) tensor).
     """
     if not isinstance(split, Split):
         raise CnnlabError(f"compute_stats takes one split of a loaded data set (a cnnlab.data.Split, such as "
@@ -140,6 +141,12 @@ def compute_stats(split: Split, channels: int, image_size: int) -> ChannelStats:
                           "(the data set's DataSet.image_size).")
     if len(split) == 0:
         raise CnnlabError("Cannot compute the per-channel statistics: the training split has no images.")
+    if split.images is not None and (split.images.dtype != torch.uint8 or split.images.ndim != 4):
+        # float images in [0, 1] would be divided by 255 again: a mean of 0.002, a std at the floor, no error
+        raise CnnlabError(f"compute_stats needs the split's images as one uint8 tensor (N, C, H, W) of 0-255 "
+                          f"values, as cnnlab.data.load_source holds them; got {split.images.dtype} with shape "
+                          f"{tuple(split.images.shape)}. Give uint8 images (a float image in [0, 1]: "
+                          "(x * 255).round().to(torch.uint8)).")
     total = torch.zeros(channels, dtype=torch.float64)
     cross = torch.zeros(channels, channels, dtype=torch.float64)  # sum of x_c * x_d
     pixels = 0

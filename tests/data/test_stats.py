@@ -54,6 +54,9 @@ def test_stats_of_an_empty_split_or_a_constant_channel():
     images[:, 1] = 100  # the green channel never varies
     stats = compute_stats(Split(labels=torch.zeros(6, dtype=torch.long), images=images), 3, 4)
     assert stats.std[1] == pytest.approx(1 / 255) and stats.std[0] > 0.1
+    # float images in [0, 1] were divided by 255 again: a mean of 0.002 and a std at the floor, without a word
+    with pytest.raises(CnnlabError, match=r"needs the split's images as one uint8 tensor.*got torch.float32"):
+        compute_stats(Split(labels=torch.zeros(6, dtype=torch.long), images=images.float() / 255), 3, 4)
 
 
 def test_file_backed_stats_equal_in_memory_stats(tmp_path):
