@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import numbers
 import shlex
 import statistics
 import time
@@ -61,7 +62,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import DataConfig, RunConfig, config_to_dict, record_paths, schedule_problems
-from cnnlab.errors import CnnlabError, counted, display_name, first_few
+from cnnlab.errors import CnnlabError, counted, display_name, first_few, shown_value
 from cnnlab.io import atomic_leftovers
 from cnnlab.run import CONFIG_FILE, INIT_FILE, TRANSFER_RESULT_FILE, MetaKey, RunFolder, recorded_place
 from cnnlab.text import RunCount, duration_text
@@ -74,6 +75,7 @@ from cnnlab.transfer.probe import (
     skipped_records,
     split_features,
     target_config,
+    target_data,
 )
 
 SCRATCH, PROBE, TOP, ALL = "scratch", "probe", "top", "all"
@@ -516,7 +518,13 @@ def parse_sizes(per_class) -> list[int]:
         except ValueError:
             raise CnnlabError(f"--per-class '{per_class}' must be whole numbers separated by commas, e.g. "
                               "10,100,1000.") from None
-    given = [int(n) for n in per_class]
+    if isinstance(per_class, numbers.Integral):  # one size, as a Python caller may give it
+        per_class = [per_class]
+    try:
+        given = [int(n) for n in per_class]
+    except (TypeError, ValueError):
+        raise CnnlabError(f"per_class={shown_value(per_class)} must be sizes in images per class: whole numbers, as "
+                          "a list (e.g. [10, 100, 1000]) or text separated by commas.") from None
     sizes = sorted(set(given))
     if not sizes or sizes[0] < 1:
         raise CnnlabError(f"--per-class {given} must list at least one size, each at least 1 image per "
@@ -846,14 +854,15 @@ def check_old_head_rates(out: Path, configs: dict[tuple[int, int, str], RunConfi
 
 
 @stop_between_runs()  # a Ctrl-C or SIGTERM between rungs stops before the next training rung starts
-def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
-                 similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
+def run_transfer(source: str, data: DataConfig | str, base: RunConfig, *, per_class: list[int] | int | str,
+                 seeds: int, out: Path, similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
                  all_lr_mult: Optional[float] = None, console=None, device=None,
                  rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None, label: str = "",
                  width: int = 0, model_named: bool = True) -> TransferResult:
     """Run the four rungs at each size and seed into ``out``; write transfer.json and transfer.png.
 
-    ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
+    ``data`` is the target data, a DataConfig or a spec such as 'digits' (the source's image size and channels are
+    filled in); ``per_class`` the sizes in images per class (a list, one number, or text such as '10,100'); ``base`` the
     training settings every training rung starts from (recipes/transfer-finetune.yaml). Seeds are
     0..seeds-1: each sets data.seed (the subset, and the validation hold-out; the test split stays the same) and
     train.seed.
@@ -895,6 +904,7 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
 
     started = time.perf_counter()
     sizes = parse_sizes(per_class)
+    data = target_data(data)  # a spec such as 'digits', as probe() takes it
     check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult, rungs)
     rungs = tuple(rung for rung in RUNGS if rung in rungs)  # the ladder's order, each once
     check_out_is_named(out, "the ladder's runs and results", "Name a folder for the ladder.", name="out")

@@ -386,6 +386,19 @@ def normalization_dict(normalization: Normalization) -> dict:
             "std": [float(v) for v in normalization.std], "note": normalization.note}
 
 
+def target_data(data) -> DataConfig:
+    """The target data as a DataConfig: a spec ('digits', 'folder:PATH') as load_source takes it, or a DataConfig;
+    CnnlabError for anything else."""
+    from cnnlab.errors import shown_value
+
+    if isinstance(data, str):
+        return DataConfig(spec=data)
+    if not isinstance(data, DataConfig):
+        raise CnnlabError(f"data={shown_value(data)}: name the target data as a spec such as 'digits' or "
+                          "'folder:PATH', or as a cnnlab.config.DataConfig.")
+    return data
+
+
 @keeps_thread_setting
 def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, device="auto", batch_size: int = 256,
           cache: bool = True, ema: bool = False) -> ProbeResult:
@@ -399,11 +412,7 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
     from cnnlab.errors import shown_value, whole_number
     from cnnlab.train.init_from import RUN
 
-    if isinstance(data, str):  # as load_source takes it
-        data = DataConfig(spec=data)
-    if not isinstance(data, DataConfig):
-        raise CnnlabError(f"data={shown_value(data)}: name the target data as a spec such as 'digits' or "
-                          "'folder:PATH', or as a cnnlab.config.DataConfig.")
+    data = target_data(data)
     # "8" or 2.5 failed later inside a comparison or the loader; True is not 1 image
     if whole_number(batch_size) is None or batch_size < 1:
         raise CnnlabError(f"batch_size (--batch-size) must be a whole number of at least 1, got "

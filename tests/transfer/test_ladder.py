@@ -367,6 +367,26 @@ def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_ru
         == {(rung, "read") for rung in ladder_lib.TRAINING_RUNGS}, stdout
 
 
+def test_the_library_call_takes_the_data_as_a_spec_and_the_sizes_as_text_or_one_number(ladder, source_run, tmp_path):
+    """run_transfer(data="digits") failed with an AttributeError, and per_class=5 with a TypeError, where probe()
+    takes a spec: a spec is read as load_source reads it, the sizes as --per-class reads them."""
+    result, out = ladder
+    base = base_config()
+    again = ladder_lib.run_transfer(str(source_run), TARGET_DATA, base, per_class=",".join(map(str, SIZES)), seeds=1,
+                                    out=out, similarity="similar", steps=STEPS)  # the same ladder: read back
+    assert [run.test_acc for run in again.runs] == [run.test_acc for run in result.runs]
+    assert {run.status for run in again.runs if run.rung != ladder_lib.PROBE} == {"read"}
+    assert ladder_lib.parse_sizes(5) == [5]
+    for wrong in (None, 2.5, [1, "x"]):
+        with pytest.raises(CnnlabError, match="must be sizes in images per class"):
+            ladder_lib.run_transfer(str(source_run), TARGET_DATA, base, per_class=wrong, seeds=1, out=tmp_path / "o",
+                                    similarity=None, steps=STEPS)
+    with pytest.raises(CnnlabError, match="name the target data as a spec"):
+        ladder_lib.run_transfer(str(source_run), 5, base, per_class=SIZES, seeds=1, out=tmp_path / "o",
+                                similarity=None, steps=STEPS)
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_multiplier_is_still_refused_for_a_run_without_weights():
     with pytest.raises(CnnlabError, match="backbone_lr_mult.*model.init_from is not set"):
         apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.3"])
