@@ -737,7 +737,8 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
 
 def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = None,
              thresholds: Thresholds = DEFAULT_THRESHOLDS, aux_heads: float = 0.0) -> list[Finding]:
-    """The findings for a run's metrics rows (per epoch) and step rows (per step); [] for a healthy run.
+    """The findings for a run's metrics rows (per epoch) and step rows (per step); [] for a healthy run, and
+    CnnlabError when both are empty.
 
     A run too short for some rules gets a NOTE (rule NOT_CHECKED) naming them, first.
 
@@ -754,6 +755,9 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
     overconfident initialisation.
     """
     metrics, steps = list(metrics), list(steps)
+    if not metrics and not steps:  # [] is a healthy run's answer: a run with no rows is not one
+        raise CnnlabError("diagnose was given no rows: there is no training to judge. Give the run's metrics rows "
+                          "(one per epoch) and step rows, or call diagnose_run(RUN_FOLDER), which reads them.")
     broken = _diverged(metrics, steps, thresholds, num_classes)  # diverged, val_not_finite, or spike_unresolved
     if broken is not None and broken.verdict == FAIL:
         return [broken]  # the other rules would read curves a non-finite or exploding loss has ruined

@@ -77,8 +77,12 @@ def test_healthy_run_has_no_findings():
     assert diagnose(healthy_metrics(), make_steps(healthy_losses()), num_classes=10) == []
 
 
-def test_empty_history_has_no_findings():
-    assert diagnose([], []) == []
+def test_an_empty_history_is_refused_not_called_healthy():
+    """[] means a healthy run: a run with no rows at all is none (diagnose_run refuses empty files alike)."""
+    from cnnlab.errors import CnnlabError
+
+    with pytest.raises(CnnlabError, match="diagnose was given no rows"):
+        diagnose([], [])
 
 
 def not_checked(findings):
