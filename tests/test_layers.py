@@ -250,6 +250,14 @@ def test_a_layer_or_a_function_in_place_of_a_layer_type_is_refused_with_what_to_
         create_model("resnet8", norm=nn.BatchNorm2d(16))
 
 
+@pytest.mark.parametrize("options, named", [({"kernel_size": 0}, "kernel_size=0"), ({"stride": 0}, "stride=0"),
+                                            ({"dilation": -1}, "dilation=-1"), ({"kernel_size": 2.5}, "kernel_size=2.5")])
+def test_a_block_refuses_a_kernel_stride_or_dilation_below_1_where_it_is_built(options, named):
+    """torch's Conv2d takes them and fails only at the first forward pass, far from the call that gave them."""
+    with pytest.raises(CnnlabError, match=rf"ConvNormAct: {named}: the kernel size, stride and dilation are whole"):
+        ConvNormAct(3, 8, **options)
+
+
 @pytest.mark.parametrize("reduction", [0, -1, 2.5, True])
 def test_a_squeeze_excite_reduction_that_is_not_a_whole_number_of_at_least_1_is_refused(reduction):
     """0 divided by zero; a fraction or a negative built some width the paper never meant."""

@@ -89,6 +89,13 @@ class ConvNormAct(nn.Sequential):
             raise CnnlabError(f"{type(self).__name__} takes pool as a layer (an nn.Module such as nn.MaxPool2d(2)) "
                               f"that runs between the conv and its norm, in the conv -> norm -> act order only; got "
                               f"{pool!r:.60}{' with preact=True' if preact else ''}.")
+        # torch's conv takes a kernel, stride or dilation of 0 here and fails only at the first forward pass
+        bad = [f"{name}={value!r:.40}" for name, value in (("kernel_size", kernel_size), ("stride", stride),
+                                                           ("dilation", dilation))
+               if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+        if bad:
+            raise CnnlabError(f"{type(self).__name__}: {', '.join(bad)}: the kernel size, stride and dilation are "
+                              "whole numbers of at least 1 (pixels).")
         pad = None
         if padding is None:
             # 'same' size at stride 1 (ceil(H / stride) at any stride): p = dilation * (k - 1) rows in all, half
