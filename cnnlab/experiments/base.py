@@ -36,7 +36,7 @@ from cnnlab.run import (EXPERIMENT_RESULT_FILE, EXPERIMENT_SETTINGS_FILE, LOCK_F
                         slug)
 from cnnlab.text import RunCount
 from cnnlab.threads import keeps_thread_setting
-from cnnlab.train.between_runs import stop_between_runs
+from cnnlab.train.between_runs import NEXT_RUN_OR_MEASURE, stop_between_runs
 
 HOLDS = "HOLDS"
 FAILS = "DOES NOT HOLD"
@@ -359,7 +359,7 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     start = time.perf_counter()
     # An experiment that trains: a Ctrl-C or SIGTERM between its runs stops before the next one starts (one that
     # trains nothing keeps Python's Ctrl-C, which stops it at once: it has no run to finish)
-    between_runs = stop_between_runs() if experiment.data is not None else nullcontext()
+    between_runs = stop_between_runs(NEXT_RUN_OR_MEASURE) if experiment.data is not None else nullcontext()
     with between_runs:  # until result.json is written: a signal after the last run lets the results be written
         with quiet_notes():
             result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say))

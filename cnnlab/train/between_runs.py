@@ -23,12 +23,16 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What the first signal stops before: a search and a ladder train runs one after another; an experiment may also
+# measure its trained runs one by one (lesion's and loss-surface's minutes each)
+NEXT_RUN = "the next training run starts"
+NEXT_RUN_OR_MEASURE = "the next training run starts, or a run's measures"
 MESSAGES = {
-    signal.SIGINT: ("\nCtrl-C: stopping before the next training run starts, or a run's measures (the finished runs are kept, and the same "
-                    "command continues); press Ctrl-C again to stop at once.\n"),
+    signal.SIGINT: ("\nCtrl-C: stopping before {what} (the finished runs are kept, and the same command continues); "
+                    "press Ctrl-C again to stop at once.\n"),
     signal.SIGTERM: ("\nSIGTERM (the process was asked to end: kill, timeout, docker stop, a pre-emption): stopping "
-                     "before the next training run starts, or a run's measures (the finished runs are kept, and the same command "
-                     "continues); a second SIGTERM or Ctrl-C stops at once.\n"),
+                     "before {what} (the finished runs are kept, and the same command continues); a second SIGTERM "
+                     "or Ctrl-C stops at once.\n"),
 }
 
 
@@ -43,6 +47,7 @@ class StoppedBetweenRuns(KeyboardInterrupt):
 _depth = 0  # how many stop_between_runs are in force (a search inside an experiment holds one inside another)
 _held: Optional[int] = None  # the signal held for the next run's start, while one is in force
 _last: Optional[int] = None  # the last signal held, kept after the command's stop for its exit code
+_what = NEXT_RUN  # what the outermost stop_between_runs in force stops before, as its message says
 
 
 def held_signal() -> Optional[int]:
@@ -86,22 +91,24 @@ def _handle(signum, frame) -> None:
         raise StoppedBetweenRuns(signum)
     _held = signum
     try:  # os.write, not print: the handler may run while the main code is inside a print to stderr
-        os.write(2, MESSAGES[signum].encode())
+        os.write(2, MESSAGES[signum].format(what=_what).encode())
     except OSError:
         pass
 
 
 @contextmanager
-def stop_between_runs() -> Iterator[None]:
+def stop_between_runs(what: str = NEXT_RUN) -> Iterator[None]:
     """Hold a Ctrl-C or SIGTERM that lands between training runs until the next run would start (see the module).
 
     As StopRequest does, only the main thread takes the signals over; a SIGINT the parent process set to be ignored
     or to kill (not a Python callable) is left as it is, and so is a SIGTERM ignored (nohup) or set outside Python.
-    Used as a decorator too (``@stop_between_runs()``)."""
-    global _depth, _held, _last
+    ``what``: what the stop comes before, as the message says (:data:`NEXT_RUN_OR_MEASURE` for a command that
+    also measures runs one by one); the outermost block's holds. Used as a decorator too (``@stop_between_runs()``)."""
+    global _depth, _held, _last, _what
     previous: dict[int, object] = {}
     if _depth == 0 and threading.current_thread() is threading.main_thread():
         _held = _last = None
+        _what = what
         for signum in SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler) or (signum == signal.SIGTERM and handler == signal.SIG_DFL):
