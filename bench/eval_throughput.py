@@ -37,6 +37,7 @@ def main() -> None:
     from cnnlab.evaluate.evaluate import predict_probabilities, resnet_crop_probabilities
     from cnnlab.evaluate.tta import ALL_MODES, DEFAULT_SCALES, RESNET_MODE, resnet_short_sides, view_count
     from cnnlab.models import check_input_size, create_model
+    from cnnlab.threads import keeps_thread_setting
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg_mini")
@@ -65,6 +66,7 @@ def main() -> None:
     # their files rather than as the S x S squares held in memory; the built-in sets are held in memory either way
     originals = load_source(DataConfig(spec=args.data, in_memory=False))
 
+    @keeps_thread_setting  # as run_eval: its loops follow the free cores, and the count comes back after
     def cnnlab_side(mode: str = "none") -> float:
         started = time.perf_counter()
         if mode == RESNET_MODE:

@@ -1096,7 +1096,7 @@ def _transfer_default_out(source: str, spec: str) -> Path:
     """runs/transfer-SOURCE-DATA, SOURCE named by its run: a run folder by its name, a checkpoint file in one by
     both (runs/src/best.safetensors: src-best), any other file by its stem."""
     path = Path(source)
-    name = path.resolve().name  # '.' and '..' name no folder: the folder they stand for does
+    name = Path(os.path.abspath(path)).name  # '.' and '..' name no folder: the one they stand for does
     if path.is_file():
         name = f"{path.parent.name}-{path.stem}" if RunFolder(path.parent).is_run() else path.stem
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{name}-{spec}")[:60]

@@ -306,11 +306,11 @@ RUNS_NEED_UTF8 = ("A training run keeps its checkpoints as safetensors files, wh
 
 
 def _with_advice(problem: str, instead: str) -> str:
-    """``problem`` (ending in its advice) with ``instead`` in place of the general :data:`CHOOSE_WRITABLE`; other
-    advice (free some space) stays, and ``instead`` follows it."""
-    if not instead:
+    """``problem`` (ending in its advice) with ``instead`` in place of the general :data:`CHOOSE_WRITABLE`; a problem
+    with other advice (free some space, fix a link) keeps it, as ``instead`` would not help there."""
+    if not instead or not problem.endswith(CHOOSE_WRITABLE):  # a full disk, a link or a file in the way: its own
         return problem
-    return f"{problem.removesuffix(' ' + CHOOSE_WRITABLE)} {instead}"
+    return f"{problem.removesuffix(CHOOSE_WRITABLE)}{instead}"
 
 
 def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[str, ...] = (),

@@ -58,7 +58,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from cnnlab.errors import CnnlabError, display_name, shell_word
+from cnnlab.errors import CnnlabError, counted, display_name, shell_word
 
 if TYPE_CHECKING:  # the functions below import what they use when called: importing the names costs nothing
     import torch
@@ -718,6 +718,14 @@ class RunFolder:
                 found.append(path)
         return found
 
+    def finished_epochs(self) -> int:
+        """How many epochs metrics.csv records (its rows after the header; 0 when it is missing or unreadable)."""
+        try:
+            with open(self.metrics, encoding="utf-8", errors="replace") as lines:
+                return max(sum(1 for line in lines if line.strip()) - 1, 0)
+        except OSError:
+            return 0
+
     def checkpoint(self) -> Path:
         """The checkpoint a reader uses: best.safetensors, else last.safetensors; CnnlabError if neither."""
         for candidate in (self.path / name for name in CHECKPOINT_PREFERENCE):
@@ -734,6 +742,17 @@ class RunFolder:
                 raise CnnlabError(f"'{display_name(str(self.path))}' is a run still training ({holder}) that has "
                                   "saved no checkpoint yet: its first comes with the end of its first epoch. Wait "
                                   "for it, then run this again.")
+            epochs = self.finished_epochs()
+            if epochs:
+                raise CnnlabError(f"'{display_name(str(self.path))}' is a run whose {counted(epochs, 'epoch')} "
+                                  f"finished, but neither {CHECKPOINT_BEST} nor {CHECKPOINT_LAST} is in its "
+                                  "folder: its weights are gone (deleted, or left out of a copy). Point at a copy of "
+                                  "the run that has them.")
+            if self.path.parent.name == SEARCH_TRIALS_DIR and is_search_folder(self.path.parent.parent):
+                raise CnnlabError(f"'{display_name(str(self.path))}' is a search trial that stopped before it saved a "
+                                  "checkpoint, so it holds no weights to read: the `cnnlab search` that made it runs "
+                                  f"its parameters again when it continues (the same command, --out "
+                                  f"{shell_word(self.path.parent.parent)}).")
             raise CnnlabError(f"'{display_name(str(self.path))}' is a run that stopped before it saved a checkpoint, "
                               "so it holds no weights to read. Train it again in its folder: cnnlab train --config "
                               f"{shell_word(self.config)} --out {shell_word(self.path)}")

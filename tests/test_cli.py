@@ -307,6 +307,9 @@ def test_the_default_transfer_folder_names_the_source_run(tmp_path, monkeypatch)
     assert _transfer_default_out("..", "digits") == Path("runs/transfer-src-digits")
     monkeypatch.chdir(run)
     assert _transfer_default_out(".", "digits") == Path("runs/transfer-src-digits")
+    (tmp_path / "latest").symlink_to(run)  # a link is named as typed: the same command finds the same folder
+    monkeypatch.chdir(tmp_path)
+    assert _transfer_default_out("latest", "digits") == Path("runs/transfer-latest-digits")
 
 
 def test_names_with_brackets_and_backslashes_are_shown_as_they_are(tmp_path, cli):

@@ -225,14 +225,31 @@ def test_options_given_with_a_layer_type_or_bound_in_a_partial_are_checked_where
         create_model("vgg11", act=functools.partial(nn.LeakyReLU, slope=0.1))
     with pytest.raises(CnnlabError, match="Normalisation 'GroupNorm' does not take the option momentum"):
         create_model("resnet8", norm=functools.partial(nn.GroupNorm, 2, momentum=0.1))
-    with pytest.raises(CnnlabError, match="'BatchNorm2d' does not take the option num_features.*channel count"):
+    # a keyword bound to the parameter the channel count goes to would be given twice
+    with pytest.raises(CnnlabError, match="'BatchNorm2d' binds num_features=16 by keyword.*channel count as the first"):
         create_model("resnet8", norm=functools.partial(nn.BatchNorm2d, num_features=16))
-    # What a layer takes still builds: options by keyword, the groups bound by position, a function of no arguments
+    with pytest.raises(CnnlabError, match=r"'GroupNorm' binds num_groups=2 by keyword.*partial\(nn.GroupNorm, 2\)"):
+        create_model("resnet8", norm=functools.partial(nn.GroupNorm, num_groups=2))
+    # What a layer takes still builds: options by keyword, the groups bound by position, a function of no arguments,
+    # device bound in a partial, and an activation of one's own whose __init__ takes **kwargs
     model = create_model("resnet8", norm=functools.partial(nn.GroupNorm, 2), act=get_act_layer(nn.LeakyReLU,
                          negative_slope=0.2))
     assert {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)} == {2}
     assert {m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
     assert any(isinstance(m, nn.Tanh) for m in create_model("lenet5", act=lambda: nn.Tanh()).modules())
+    assert create_model("resnet8", norm=functools.partial(nn.BatchNorm2d, device="cpu")) is not None
+
+    class Scaled(nn.Module):
+        def __init__(self, **options):
+            super().__init__()
+            self.alpha = options.get("alpha", 1.0)
+
+        def forward(self, x):
+            return self.alpha * torch.relu(x)
+
+    model = create_model("resnet8", act=functools.partial(Scaled, alpha=0.2))
+    assert {m.alpha for m in model.modules() if isinstance(m, Scaled)} == {0.2}
+    assert get_act_layer(Scaled, alpha=0.5)().alpha == 0.5
 
 
 @pytest.mark.parametrize("given, what", [(nn.GELU(), "a layer: got an instance of GELU"),
@@ -251,7 +268,8 @@ def test_a_layer_or_a_function_in_place_of_a_layer_type_is_refused_with_what_to_
 
 
 @pytest.mark.parametrize("options, named", [({"kernel_size": 0}, "kernel_size=0"), ({"stride": 0}, "stride=0"),
-                                            ({"dilation": -1}, "dilation=-1"), ({"kernel_size": 2.5}, "kernel_size=2.5")])
+                                            ({"dilation": -1}, "dilation=-1"),
+                                            ({"kernel_size": 2.5}, "kernel_size=2.5")])
 def test_a_block_refuses_a_kernel_stride_or_dilation_below_1_where_it_is_built(options, named):
     """torch's Conv2d takes them and fails only at the first forward pass, far from the call that gave them."""
     with pytest.raises(CnnlabError, match=rf"ConvNormAct: {named}: the kernel size, stride and dilation are whole"):

@@ -91,13 +91,22 @@ def get_act_layer(kind: ActSpec, **kwargs) -> ActLayer:
     if problem:
         raise UnknownNameError(f"Activation {problem}")
     if callable(kind):
-        base = kind.func if isinstance(kind, functools.partial) else kind
-        label = getattr(base, "__name__", type(base).__name__)
-        if isinstance(kind, functools.partial):  # its own keywords are checked as those given here are
-            _check_options(label, functools.partial(base, *kind.args), kind.keywords)
+        label, bound, unbound = partial_parts(kind)
+        _check_options(label, unbound, bound)  # a partial's own keywords, as those given here
         _check_options(label, kind, kwargs)
         return functools.partial(kind, **kwargs) if kwargs else kind
     raise UnknownNameError(f"Activation must be a name, a layer type or None, not {type(kind).__name__}.")
+
+
+def partial_parts(kind) -> tuple[str, dict, object]:
+    """A layer type's (name, the keywords a functools.partial binds, the same partial without its keywords): the
+    bound keywords are checked as the options given with it are. ``kind`` itself, and no keywords, when it is not
+    a partial."""
+    base = kind.func if isinstance(kind, functools.partial) else kind
+    label = getattr(base, "__name__", type(base).__name__)
+    if not isinstance(kind, functools.partial):
+        return label, {}, kind
+    return label, dict(kind.keywords), functools.partial(base, *kind.args)
 
 
 def layer_type_problem(kind, example: str):
@@ -125,7 +134,11 @@ def _check_options(kind: str, layer: ActLayer, kwargs: dict) -> None:
         params = inspect.signature(layer).parameters.values()
     except (TypeError, ValueError):  # no readable signature: the layer itself checks when it is built
         return
-    # A layer without an __init__ of its own (nn.Tanh) shows nn.Module's (*args, **kwargs), which refuses any key
+    # A layer without an __init__ of its own (nn.Tanh) shows nn.Module's (*args, **kwargs), which refuses any key;
+    # one whose own __init__ takes **kwargs takes anything
+    base = layer.func if isinstance(layer, functools.partial) else layer
+    if any(p.kind is p.VAR_KEYWORD for p in params) and getattr(base, "__init__", None) is not nn.Module.__init__:
+        return
     takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(kwargs) - set(takes))
     if unknown:

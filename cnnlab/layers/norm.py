@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, shown_value
-from cnnlab.layers.act import layer_type_problem
+from cnnlab.layers.act import layer_type_problem, partial_parts
 
 NormLayer = Callable[[int], nn.Module]
 NormSpec = Union[str, NormLayer, None]
@@ -123,13 +123,31 @@ def get_norm_layer(kind: NormSpec, **kwargs) -> NormLayer:
     if problem:
         raise UnknownNameError(f"Normalisation {problem}")
     if callable(kind):
-        base = kind.func if isinstance(kind, functools.partial) else kind
-        label = getattr(base, "__name__", type(base).__name__)
-        if isinstance(kind, functools.partial):  # its own keywords are checked as those given here are
-            _check_options(label, functools.partial(base, *kind.args), kind.keywords)
+        label, bound, unbound = partial_parts(kind)
+        _check_bound_options(label, bound, unbound)
         kwargs = _check_options(label, kind, kwargs)
         return functools.partial(kind, **kwargs) if kwargs else kind
     raise UnknownNameError(f"Normalisation must be a name, a layer type or None, not {type(kind).__name__}.")
+
+
+def _check_bound_options(label: str, bound: dict, unbound) -> None:
+    """Check the keywords a functools.partial binds (``bound``; ``unbound``: the partial without them) as options
+    given with it are. A model calls each norm with its channel count as the first argument: a keyword bound to
+    that parameter (BatchNorm2d's num_features, or GroupNorm's num_groups, which comes before the channels) would
+    be given twice. device and dtype are the layer's own to take."""
+    try:
+        params = [p for p in inspect.signature(unbound).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):  # no readable signature: the layer itself checks when it is built
+        return
+    first = params[0].name if params else None
+    if first in bound:
+        raise CnnlabError(
+            f"Normalisation '{label}' binds {first}={shown_value(bound[first])} by keyword, but a model calls each "
+            f"norm with its channel count as the first argument, which is {first} here, so it would be given twice. "
+            f"Leave it out where it is the channel count (it comes from each layer); bind it by position where it "
+            f"is not (functools.partial(nn.GroupNorm, 2) for 2 groups).")
+    _check_options(label, unbound, {key: value for key, value in bound.items() if key not in _NOT_OPTIONS})
 
 
 def _with_colon_option(name: str, arg: str, spec: str, kwargs: dict) -> dict:

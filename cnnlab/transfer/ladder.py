@@ -62,10 +62,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import DataConfig, RunConfig, config_to_dict, record_paths, schedule_problems
-from cnnlab.errors import CnnlabError, counted, display_name, first_few, shown_value
+from cnnlab.errors import CnnlabError, counted, display_name, first_few, shown_value, whole_number
 from cnnlab.io import atomic_leftovers
 from cnnlab.run import CONFIG_FILE, INIT_FILE, TRANSFER_RESULT_FILE, MetaKey, RunFolder, recorded_place
 from cnnlab.text import RunCount, duration_text
+from cnnlab.threads import keeps_thread_setting
 from cnnlab.train.between_runs import stop_between_runs
 from cnnlab.transfer.probe import (
     ProbeSource,
@@ -521,10 +522,12 @@ def parse_sizes(per_class) -> list[int]:
     if isinstance(per_class, numbers.Integral):  # one size, as a Python caller may give it
         per_class = [per_class]
     try:
-        given = [int(n) for n in per_class]
-    except (TypeError, ValueError):
+        given = [whole_number(n) for n in per_class]
+    except TypeError:  # not a list of anything
+        given = [None]
+    if None in given:  # 2.5 or True is no size (int() made them 2 and 1)
         raise CnnlabError(f"per_class={shown_value(per_class)} must be sizes in images per class: whole numbers, as "
-                          "a list (e.g. [10, 100, 1000]) or text separated by commas.") from None
+                          "a list (e.g. [10, 100, 1000]) or text separated by commas.")
     sizes = sorted(set(given))
     if not sizes or sizes[0] < 1:
         raise CnnlabError(f"--per-class {given} must list at least one size, each at least 1 image per "
@@ -854,6 +857,7 @@ def check_old_head_rates(out: Path, configs: dict[tuple[int, int, str], RunConfi
 
 
 @stop_between_runs()  # a Ctrl-C or SIGTERM between rungs stops before the next training rung starts
+@keeps_thread_setting  # the rungs' evaluations and the probe's features tick (cnnlab.threads) outside train()
 def run_transfer(source: str, data: DataConfig | str, base: RunConfig, *, per_class: list[int] | int | str,
                  seeds: int, out: Path, similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
                  all_lr_mult: Optional[float] = None, console=None, device=None,

@@ -792,15 +792,24 @@ def test_export_refuses_a_file_name_of_another_format(runs, tmp_path, cli, fmt, 
 def test_a_run_without_a_checkpoint_yet_is_named_as_a_run_with_how_to_get_one(runs, tmp_path, cli):
     """A run killed in its first epoch was "holds no best.safetensors ...: point at a run folder written by
     `cnnlab train`", which it is; the message now says it stopped before a checkpoint, and the command it gives
-    trains the run again in its folder. A run still in its first epoch (its lock held) is told to be waited for."""
+    trains the run again in its folder. A run still in its first epoch (its lock held) is told to be waited for, and
+    a finished run whose weights are gone is said to be one."""
     import fcntl
 
     from cnnlab.run import RunFolder
 
-    killed = RunFolder(tmp_path / "killed")
-    shutil.copytree(runs["members"][0], killed.path)
-    for checkpoint in killed.path.glob("*.safetensors"):
+    weightless = RunFolder(tmp_path / "weightless")  # a finished run copied without its weights (git, rsync)
+    shutil.copytree(runs["members"][0], weightless.path)
+    for checkpoint in weightless.path.glob("*.safetensors"):
         checkpoint.unlink()
+    code, out, err = cli(["eval", str(weightless.path)])
+    said = " ".join(err.split())
+    assert code == 2 and "is a run whose 3 epochs finished, but neither best.safetensors nor" in said, said
+    assert "Train it again" not in said  # retraining would replace the records of the run whose weights are gone
+    killed = RunFolder(tmp_path / "killed")
+    shutil.copytree(weightless.path, killed.path)
+    header = killed.metrics.read_text().splitlines()[0]
+    killed.metrics.write_text(header + "\n")  # killed in its first epoch: no epoch recorded
     for args in (["eval", str(killed.path)], ["export", str(killed.path), "--format", "onnx"]):
         code, out, err = cli(args)
         assert code == 2 and "is a run that stopped before it saved a checkpoint" in err and "Traceback" not in err, err
@@ -838,6 +847,12 @@ def test_a_read_only_run_folder_is_told_the_way_on_that_fits_the_command(runs, t
         assert "Choose a folder you can write to" not in said
     code, out, err = cli(["eval", str(run), "--out", str(tmp_path / "elsewhere")])  # the way it names
     assert code == 0, err
+    disk_usage = shutil.disk_usage  # a full disk keeps its own advice: no chmod would free space
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=2**20))
+    monkeypatch.setattr(io, "_folder_problem", folder_problem)
+    code, out, err = cli(["train", "--resume", str(run)])
+    said = " ".join(err.split())
+    assert code == 2 and "Free some space or choose a folder on another disk" in said and "chmod" not in said, said
 
 
 def test_bad_checkpoints_and_options_exit_2(runs, tmp_path, cli):

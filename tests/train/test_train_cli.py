@@ -146,7 +146,8 @@ def test_a_run_without_its_config_file_is_not_sent_between_resume_and_a_new_run(
     assert cli(["train", "--resume", str(run)])[0] == 0
 
 
-def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experiments_a_ladders_or_an_evals(cli, tmp_path):
+def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experiments_a_ladders_or_an_evals(
+        cli, tmp_path):
     """`search --out RUN` wrote study.db, trials/ and results.csv beside a run's files, and `train --out SEARCH`
     a run's files beside a study's (`cnnlab runs` then listed the search folder as a run beside its trials). Each
     is refused before anything is written, and so is an experiment's folder."""
@@ -180,7 +181,8 @@ def test_a_run_and_a_search_do_not_write_into_each_others_folders_or_an_experime
     (ladder / "10" / "seed0").mkdir(parents=True)  # the ladder's first run, before its transfer.json
     evaluated = tmp_path / "evaluated"
     assert cli(["eval", str(run), "--out", str(evaluated)])[0] == 0
-    for folder, made_by in ((ladder, "is a `cnnlab transfer` ladder's folder"), (evaluated, "is a `cnnlab eval` folder")):
+    for folder, made_by in ((ladder, "is a `cnnlab transfer` ladder's folder"),
+                            (evaluated, "is a `cnnlab eval` folder")):
         before = sorted(folder.rglob("*"))
         for args in (["train", *QUICK], searching):
             code, _, err = cli([*args, "--out", str(folder)])

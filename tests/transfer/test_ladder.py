@@ -377,7 +377,7 @@ def test_the_library_call_takes_the_data_as_a_spec_and_the_sizes_as_text_or_one_
     assert [run.test_acc for run in again.runs] == [run.test_acc for run in result.runs]
     assert {run.status for run in again.runs if run.rung != ladder_lib.PROBE} == {"read"}
     assert ladder_lib.parse_sizes(5) == [5]
-    for wrong in (None, 2.5, [1, "x"]):
+    for wrong in (None, 2.5, [1, "x"], [2.5], [True, 3]):  # int() made [2.5] [2] and True 1 image
         with pytest.raises(CnnlabError, match="must be sizes in images per class"):
             ladder_lib.run_transfer(str(source_run), TARGET_DATA, base, per_class=wrong, seeds=1, out=tmp_path / "o",
                                     similarity=None, steps=STEPS)
@@ -385,6 +385,19 @@ def test_the_library_call_takes_the_data_as_a_spec_and_the_sizes_as_text_or_one_
         ladder_lib.run_transfer(str(source_run), 5, base, per_class=SIZES, seeds=1, out=tmp_path / "o",
                                 similarity=None, steps=STEPS)
     assert not (tmp_path / "o").exists()
+
+
+def test_the_ladders_own_loops_follow_the_free_cores_and_give_the_count_back(source_run, tmp_path, monkeypatch):
+    """The probe's feature extraction and the rungs' test evaluations tick outside train(): run_transfer is an
+    adaptive block (cnnlab.threads), as probe() is, or they would run at the caller's count beside a busy process."""
+    from cnnlab import threads
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))  # features extracted here, not read from a cache
+    seen = []
+    tick = threads.GOVERNOR.tick
+    monkeypatch.setattr(threads.GOVERNOR, "tick", lambda: (seen.append(threads.GOVERNOR.adapting), tick())[1])
+    run(source_run, tmp_path / "probe-only", rungs=(ladder_lib.PROBE,), similarity=None)
+    assert seen and all(seen)
 
 
 def test_the_multiplier_is_still_refused_for_a_run_without_weights():
