@@ -2562,9 +2562,12 @@ def _main(argv: Optional[list[str]]) -> None:
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
         # Under torchrun a process whose peer died meets torch's own error in the next collective ("Connection
         # closed by peer"): that is the other process's failure, shown above, and not a bug of this one.
-        blame = ("under torchrun this often follows another process of the job failing first (its message is "
-                 "above); if none did, this is a bug in cnnlab" if launched_processes() > 1 else
-                 "this is a bug in cnnlab, not a problem with your input")
+        # A process killed outright (SIGKILL, the out-of-memory killer) says nothing: torchrun's summary names it.
+        blame = ("under torchrun this often follows another process of the job ending first: its message is above, "
+                 "or, for a process killed outright (SIGKILL, the out-of-memory killer), torchrun's summary below "
+                 "names its exit code (-9), and the run's last checkpoint is kept (the same torchrun command with "
+                 "`cnnlab train --resume RUN` continues it). If no process ended first, this is a bug in cnnlab"
+                 if launched_processes() > 1 else "this is a bug in cnnlab, not a problem with your input")
         print(f"internal error: {type(err).__name__}: {first_line} -- {blame}. Run the same command with --debug "
               "(cnnlab --debug COMMAND ...) to see the traceback, and please report it with that output.",
               file=sys.stderr)
