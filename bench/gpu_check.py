@@ -105,6 +105,9 @@ EXIT_FAILED = 1  # a check failed
 EXIT_CANNOT = 2  # cnnlab's "cannot do this here": no CUDA device
 # set by gpu_check.sh: the directory it was called from, before it moved to the repository root
 CALLER_DIR_ENV = "GPU_CHECK_CALLER_DIR"
+# set by gpu_check.sh: the seconds to its stop signal (GPU_CHECK_LIMIT), which --budget must leave room before
+LIMIT_ENV = "GPU_CHECK_STOP_AFTER"
+STOP_MARGIN = 20.0  # seconds the stop signal leaves after the budget: start-up (torch) and the summary
 
 DEFAULT_BUDGET = 450.0  # seconds; the shell script's stop signal at 470 s leaves 20 s for start-up (torch) and exit
 
@@ -873,7 +876,7 @@ def parse_args(argv=None):
     parser.add_argument("--best-epochs", type=int, default=None,
                         help="cap on the best recipe's epochs, more than its warmup's (default: the recipe's 45, fewer "
                              "if they would not fit)")
-    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+    parser.add_argument("--budget", type=float, default=None,
                         help=f"seconds the checks may take; slow parts are skipped when it runs short "
                              f"(default {DEFAULT_BUDGET:g})")
     parser.add_argument("--device", default="cuda",
@@ -895,9 +898,19 @@ def parse_args(argv=None):
     if not args.checks:
         parser.error(f"--checks names no check, so there is nothing to run: give one or more of {', '.join(CHECKS)} "
                      "(or leave --checks out for all)")
+    budget_given = args.budget is not None
+    if not budget_given:  # the default, within the wall-clock limit below
+        args.budget = DEFAULT_BUDGET
     if not (math.isfinite(args.budget) and args.budget > 0):
         parser.error(f"--budget {args.budget:g} is not a number of seconds above 0: with no time every check would "
                      f"be skipped (the default is {DEFAULT_BUDGET:g})")
+    stop_after = float(os.environ.get(LIMIT_ENV, "inf"))  # run by gpu_check.sh: its stop signal's time
+    if budget_given and args.budget > stop_after - STOP_MARGIN:
+        # the checks would plan for time the stop signal never gives them: killed, not shortened
+        parser.error(f"--budget {args.budget:g} s does not fit the script's wall-clock limit of {stop_after:g} s "
+                     f"(GPU_CHECK_LIMIT), which leaves {STOP_MARGIN:g} s for start-up and the summary: give --budget "
+                     f"{max(stop_after - STOP_MARGIN, 0):g} or less, or raise GPU_CHECK_LIMIT")
+    args.budget = min(args.budget, max(stop_after - STOP_MARGIN, 1.0))  # the default, within a lower limit
     if args.best_epochs is not None and args.best_epochs < 1:
         parser.error("--best-epochs must be at least 1")
     if args.best_epochs is not None and "best" in args.checks:
@@ -992,8 +1005,11 @@ def run_checks(args, budget: Budget, work: Path, report: Callable[[Result], None
         if name not in args.checks:
             continue
         if budget.left() < CHECK_SECONDS[name]:
+            # the other checks spent the budget: alone it would get the whole; or the budget is too small for it
+            rerun = (f"--checks {name}" if budget.seconds >= CHECK_SECONDS[name] else
+                     f"--budget {CHECK_SECONDS[name]} or more")
             report(Result("SKIP", name, f"time budget: {budget.left():.0f} s of {budget.seconds:g} s left, this check "
-                                        f"needs about {CHECK_SECONDS[name]} s (rerun with --checks {name})"))
+                                        f"needs about {CHECK_SECONDS[name]} s (rerun with {rerun})"))
             continue
         print(f"      ... {name} ({budget.left():.0f} s left)", file=sys.stderr, flush=True)
         try:

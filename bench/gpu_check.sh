@@ -30,6 +30,7 @@ fi
 # Run from the repository root whatever the caller's directory: recipes/ and .venv are found from there. The
 # caller's directory goes along, so that gpu_check.py reads a relative --data-dir or --work from where it was typed.
 export GPU_CHECK_CALLER_DIR="$PWD"
+export GPU_CHECK_STOP_AFTER="$limit"  # gpu_check.py fits --budget (and its default) inside the limit
 here="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")" && pwd)"  # through a symlink too
 cd -- "$here/.."
 

@@ -91,6 +91,18 @@ def test_gpu_check_refuses_a_budget_that_skips_every_check_and_an_empty_check_li
     assert gpu_check.parse_args(["--budget", "30"]).budget == 30
 
 
+def test_gpu_check_fits_the_budget_inside_the_scripts_wall_clock_limit(monkeypatch):
+    # a budget past the shell script's stop signal planned for time the checks never got: they were killed
+    monkeypatch.setenv(gpu_check.LIMIT_ENV, "200")
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.parse_args(["--budget", "900"])
+    assert exit_info.value.code == 2
+    assert gpu_check.parse_args(["--budget", "180"]).budget == 180
+    assert gpu_check.parse_args([]).budget == 180  # the default, within the lower limit
+    monkeypatch.delenv(gpu_check.LIMIT_ENV)
+    assert gpu_check.parse_args([]).budget == gpu_check.DEFAULT_BUDGET  # run directly: no limit to fit
+
+
 def test_relative_error_passes_small_and_fails_large_differences():
     reference = torch.tensor([[4.0, -2.0, 0.5], [1.0, 3.0, -1.0]])
     close = reference + 2e-5  # 2e-5 / 4 = 5e-6 relative
@@ -212,9 +224,14 @@ def test_cpu_reference_pieces_pass_against_themselves(tmp_path):
 def test_checks_are_skipped_with_a_named_line_when_the_budget_is_spent(tmp_path):
     args = gpu_check.parse_args(["--checks", "bf16,best"])
     reported = []
-    gpu_check.run_checks(args, gpu_check.Budget(0.0), tmp_path, reported.append)
+    spent = gpu_check.Budget(450.0)
+    spent.started -= 450.0  # the checks before them took it all
+    gpu_check.run_checks(args, spent, tmp_path, reported.append)
     assert [(r.status, r.name) for r in reported] == [("SKIP", "bf16"), ("SKIP", "best")]
     assert "time budget" in reported[0].detail and "--checks bf16" in reported[0].detail
+    reported = []  # a budget too small for the check alone: rerunning it alone would not help
+    gpu_check.run_checks(gpu_check.parse_args(["--checks", "best"]), gpu_check.Budget(30.0), tmp_path, reported.append)
+    assert reported[0].status == "SKIP" and f"--budget {gpu_check.CHECK_SECONDS['best']} or more" in reported[0].detail
 
 
 def test_a_check_that_raises_is_its_own_fail_line_and_the_rest_still_run(tmp_path, capsys, monkeypatch):

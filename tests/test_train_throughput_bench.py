@@ -281,6 +281,13 @@ def test_convs_weighs_the_memory_the_fused_kernel_moves_in_a_step(capsys):
     assert calls == [] and capsys.readouterr().out == ""  # torch's BatchNorm and ReLU: nothing of the kernel's to weigh
 
 
+def test_the_mfu_goals_budget_besides_the_convolutions_is_never_negative():
+    # 1 GFLOP at a 100 GFLOP/s peak: MFU 50% allows a 20 ms step
+    assert "so everything else at most 5.00 ms" in bench.conv_budget_line(1e9, 15.0, 100e9)
+    line = bench.conv_budget_line(1e9, 25.0, 100e9)  # it printed "everything else at most -5.00 ms"
+    assert "the convolutions alone take 25.00 ms: they keep the model under the goal" in line and "-" not in line
+
+
 def test_the_copy_bandwidth_counts_a_read_and_a_write_of_each_byte(monkeypatch):
     monkeypatch.setattr(bench, "COPY_MIB", 1)
     clock = iter(range(100))
