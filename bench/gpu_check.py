@@ -859,6 +859,12 @@ def _on_stop_signal(signum, frame) -> None:
     raise WallClockLimit
 
 
+def budget_room() -> float:
+    """The most seconds --budget may take: gpu_check.sh's wall-clock limit less :data:`STOP_MARGIN` (infinite when
+    run without the script)."""
+    return float(os.environ.get(LIMIT_ENV, "inf")) - STOP_MARGIN
+
+
 def parse_args(argv=None):
     import argparse
 
@@ -904,13 +910,13 @@ def parse_args(argv=None):
     if not (math.isfinite(args.budget) and args.budget > 0):
         parser.error(f"--budget {args.budget:g} is not a number of seconds above 0: with no time every check would "
                      f"be skipped (the default is {DEFAULT_BUDGET:g})")
-    stop_after = float(os.environ.get(LIMIT_ENV, "inf"))  # run by gpu_check.sh: its stop signal's time
-    if budget_given and args.budget > stop_after - STOP_MARGIN:
+    room = budget_room()
+    if budget_given and args.budget > room:
         # the checks would plan for time the stop signal never gives them: killed, not shortened
-        parser.error(f"--budget {args.budget:g} s does not fit the script's wall-clock limit of {stop_after:g} s "
-                     f"(GPU_CHECK_LIMIT), which leaves {STOP_MARGIN:g} s for start-up and the summary: give --budget "
-                     f"{max(stop_after - STOP_MARGIN, 0):g} or less, or raise GPU_CHECK_LIMIT")
-    args.budget = min(args.budget, max(stop_after - STOP_MARGIN, 1.0))  # the default, within a lower limit
+        fit = f"give --budget {room:g} or less, or raise GPU_CHECK_LIMIT" if room > 0 else "raise GPU_CHECK_LIMIT"
+        parser.error(f"--budget {args.budget:g} s does not fit the script's wall-clock limit of {room + STOP_MARGIN:g} "
+                     f"s (GPU_CHECK_LIMIT), which leaves {STOP_MARGIN:g} s for start-up and the summary: {fit}")
+    args.budget = min(args.budget, max(room, 1.0))  # the default, within a lower limit
     if args.best_epochs is not None and args.best_epochs < 1:
         parser.error("--best-epochs must be at least 1")
     if args.best_epochs is not None and "best" in args.checks:
@@ -1006,8 +1012,10 @@ def run_checks(args, budget: Budget, work: Path, report: Callable[[Result], None
             continue
         if budget.left() < CHECK_SECONDS[name]:
             # the other checks spent the budget: alone it would get the whole; or the budget is too small for it
-            rerun = (f"--checks {name}" if budget.seconds >= CHECK_SECONDS[name] else
-                     f"--budget {CHECK_SECONDS[name]} or more")
+            needed = CHECK_SECONDS[name]
+            rerun = f"--checks {name}" if budget.seconds >= needed else f"--budget {needed} or more"
+            if budget.seconds < needed and budget_room() < needed:  # a budget the script's limit would refuse
+                rerun += f" and GPU_CHECK_LIMIT={needed + STOP_MARGIN:g} or more"
             report(Result("SKIP", name, f"time budget: {budget.left():.0f} s of {budget.seconds:g} s left, this check "
                                         f"needs about {CHECK_SECONDS[name]} s (rerun with {rerun})"))
             continue

@@ -617,6 +617,8 @@ def print_norm_traffic(calls: list[fused.KernelCall], kernel_ms: float, bandwidt
     if outside is None:
         return
     budget_ms, outside_ms = outside
+    if budget_ms <= 0:  # conv_budget_line said so: the convolutions alone keep the model under the goal
+        return
     if floor_ms >= budget_ms:
         print(f"  MFU {MFU_GOAL:.0%} leaves {budget_ms:.2f} ms besides the convolutions, less than the kernel needs at "
               f"the memory's speed: out of reach with these convolutions unless the norms move less memory")

@@ -798,11 +798,7 @@ def _stopped_part_way(run: Path) -> bool:
     """Whether the run folder's status.json says it stopped before its last epoch (interrupted, or "running" when
     the process was killed) and no report.txt (written last) says it finished after all."""
     folder = RunFolder(run)
-    try:
-        state = json.loads(folder.status.read_text()).get("state")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return state in ("interrupted", "running") and not folder.report.is_file()
+    return folder.recorded_state() in ("interrupted", "running") and not folder.report.is_file()
 
 
 def _kept_trials_text(settings) -> str:
@@ -1095,8 +1091,8 @@ def _options_over_set(overrides: list[str], options: list[str], note: bool = Tru
 def _transfer_default_out(source: str, spec: str) -> Path:
     """runs/transfer-SOURCE-DATA, SOURCE named by its run: a run folder by its name, a checkpoint file in one by
     both (runs/src/best.safetensors: src-best), any other file by its stem."""
-    path = Path(source)
-    name = Path(os.path.abspath(path)).name  # '.' and '..' name no folder: the one they stand for does
+    path = Path(os.path.abspath(source))  # '.', '..' and a file typed in its run's folder name the folders they are in
+    name = path.name
     if path.is_file():
         name = f"{path.parent.name}-{path.stem}" if RunFolder(path.parent).is_run() else path.stem
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{name}-{spec}")[:60]

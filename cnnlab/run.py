@@ -719,12 +719,27 @@ class RunFolder:
         return found
 
     def finished_epochs(self) -> int:
-        """How many epochs metrics.csv records (its rows after the header; 0 when it is missing or unreadable)."""
+        """How many epochs metrics.csv records (its rows after the header; 0 when it is missing, unreadable or not
+        a regular file: a pipe would wait forever)."""
+        if not self.metrics.is_file():
+            return 0
         try:
             with open(self.metrics, encoding="utf-8", errors="replace") as lines:
                 return max(sum(1 for line in lines if line.strip()) - 1, 0)
         except OSError:
             return 0
+
+    def recorded_state(self) -> Optional[str]:
+        """status.json's "state" (one of RUN_STATES), or None when it is missing, unreadable or has none."""
+        import json
+
+        if not self.status.is_file():
+            return None
+        try:
+            state = json.loads(self.status.read_text(encoding="utf-8")).get("state")
+        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or not an object
+            return None
+        return state if state in RUN_STATES else None
 
     def checkpoint(self) -> Path:
         """The checkpoint a reader uses: best.safetensors, else last.safetensors; CnnlabError if neither."""
@@ -743,16 +758,18 @@ class RunFolder:
                                   "saved no checkpoint yet: its first comes with the end of its first epoch. Wait "
                                   "for it, then run this again.")
             epochs = self.finished_epochs()
-            if epochs:
+            # The first epoch's row comes before its checkpoint (a full disk can stop the run in between); a later
+            # row, or a finished run, means a checkpoint was written, and only its removal took it away.
+            if epochs > 1 or (epochs and self.recorded_state() == "finished"):
                 raise CnnlabError(f"'{display_name(str(self.path))}' is a run whose {counted(epochs, 'epoch')} "
                                   f"finished, but neither {CHECKPOINT_BEST} nor {CHECKPOINT_LAST} is in its "
                                   "folder: its weights are gone (deleted, or left out of a copy). Point at a copy of "
                                   "the run that has them.")
             if self.path.parent.name == SEARCH_TRIALS_DIR and is_search_folder(self.path.parent.parent):
-                raise CnnlabError(f"'{display_name(str(self.path))}' is a search trial that stopped before it saved a "
-                                  "checkpoint, so it holds no weights to read: the `cnnlab search` that made it runs "
-                                  f"its parameters again when it continues (the same command, --out "
-                                  f"{shell_word(self.path.parent.parent)}).")
+                raise CnnlabError(f"'{display_name(str(self.path))}' is a search trial that saved no checkpoint, so "
+                                  "it holds no weights to read. The search's results.csv says how it ended: one "
+                                  "stopped by Ctrl-C or a kill runs again when the same search continues (--out "
+                                  f"{shell_word(self.path.parent.parent)}), one that failed does not.")
             raise CnnlabError(f"'{display_name(str(self.path))}' is a run that stopped before it saved a checkpoint, "
                               "so it holds no weights to read. Train it again in its folder: cnnlab train --config "
                               f"{shell_word(self.config)} --out {shell_word(self.path)}")

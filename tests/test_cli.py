@@ -310,6 +310,8 @@ def test_the_default_transfer_folder_names_the_source_run(tmp_path, monkeypatch)
     (tmp_path / "latest").symlink_to(run)  # a link is named as typed: the same command finds the same folder
     monkeypatch.chdir(tmp_path)
     assert _transfer_default_out("latest", "digits") == Path("runs/transfer-latest-digits")
+    monkeypatch.chdir(run)  # a checkpoint typed inside its run's folder is named by that run too
+    assert _transfer_default_out("best.safetensors", "digits") == Path("runs/transfer-src-best-digits")
 
 
 def test_names_with_brackets_and_backslashes_are_shown_as_they_are(tmp_path, cli):

@@ -232,6 +232,22 @@ def test_checks_are_skipped_with_a_named_line_when_the_budget_is_spent(tmp_path)
     reported = []  # a budget too small for the check alone: rerunning it alone would not help
     gpu_check.run_checks(gpu_check.parse_args(["--checks", "best"]), gpu_check.Budget(30.0), tmp_path, reported.append)
     assert reported[0].status == "SKIP" and f"--budget {gpu_check.CHECK_SECONDS['best']} or more" in reported[0].detail
+    assert "GPU_CHECK_LIMIT" not in reported[0].detail  # run without the script: no limit to raise
+
+
+def test_a_skip_under_a_low_wall_clock_limit_names_the_limit_to_raise_too(tmp_path, monkeypatch):
+    # "rerun with --budget 120 or more" led into the refusal of a budget past GPU_CHECK_LIMIT
+    monkeypatch.setenv(gpu_check.LIMIT_ENV, "60")
+    args = gpu_check.parse_args(["--checks", "best"])
+    assert args.budget == 40  # the default, shrunk to the limit less the margin
+    reported = []
+    gpu_check.run_checks(args, gpu_check.Budget(args.budget), tmp_path, reported.append)
+    needed = gpu_check.CHECK_SECONDS["best"]
+    assert f"--budget {needed} or more and GPU_CHECK_LIMIT={needed + gpu_check.STOP_MARGIN:g} or more" in (
+        reported[0].detail)
+    monkeypatch.setenv(gpu_check.LIMIT_ENV, "15")  # no budget fits at all: only the limit can change
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--budget", "5"])
 
 
 def test_a_check_that_raises_is_its_own_fail_line_and_the_rest_still_run(tmp_path, capsys, monkeypatch):

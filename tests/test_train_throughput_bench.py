@@ -275,6 +275,9 @@ def test_convs_weighs_the_memory_the_fused_kernel_moves_in_a_step(capsys):
     assert "3.00 ms for everything else" in lines[1] and f"took {9.0 - kernel_ms:.2f} ms here" in lines[1]
     bench.print_norm_traffic(calls, kernel_ms, bandwidth=moved / 6e-3, outside=(5.0, 9.0))  # 6 ms: past the budget
     assert "out of reach" in capsys.readouterr().out
+    # no budget at all (the convolutions alone exceed the goal's step): no negative budget, no advice about the norms
+    bench.print_norm_traffic(calls, kernel_ms, bandwidth=moved / 2e-3, outside=(-5.0, 9.0))
+    assert capsys.readouterr().out.count("\n") == 1
     with fused.enabled(False):
         _, calls = bench.profiled_steps(args, batches, torch.device("cpu"), None)
     bench.print_norm_traffic(calls, 1.0, bandwidth=1e9, outside=(5.0, 9.0))

@@ -27,7 +27,6 @@ and its spread (the sample standard deviation), with at least :data:`MIN_SEEDS` 
 from __future__ import annotations
 
 import io
-import json
 import math
 import statistics
 import time
@@ -213,10 +212,7 @@ def _outcome(setting: str, seed: int, run_dir: Path, status: str, evaluate: bool
 
 
 def _diverged_before(folder: RunFolder) -> bool:
-    try:
-        return json.loads(folder.status.read_text()).get("state") == "diverged"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return folder.recorded_state() == "diverged"
 
 
 def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool = True) -> RunOutcome:

@@ -806,10 +806,27 @@ def test_a_run_without_a_checkpoint_yet_is_named_as_a_run_with_how_to_get_one(ru
     said = " ".join(err.split())
     assert code == 2 and "is a run whose 3 epochs finished, but neither best.safetensors nor" in said, said
     assert "Train it again" not in said  # retraining would replace the records of the run whose weights are gone
+    full = RunFolder(tmp_path / "full")  # a disk that filled while the first checkpoint was written: its row is there
+    shutil.copytree(weightless.path, full.path)
+    full.metrics.write_text("\n".join(full.metrics.read_text().splitlines()[:2]) + "\n")
+    full.status.write_text(json.dumps({**json.loads(full.status.read_text()), "state": "failed"}))
+    code, out, err = cli(["eval", str(full.path)])
+    assert code == 2 and "is a run that stopped before it saved a checkpoint" in err, err
     killed = RunFolder(tmp_path / "killed")
     shutil.copytree(weightless.path, killed.path)
-    header = killed.metrics.read_text().splitlines()[0]
+    killed.metrics.unlink()
+    os.mkfifo(killed.metrics)  # not read: a pipe would wait forever
+    code, out, err = cli(["eval", str(killed.path)])
+    assert code == 2 and "is a run that stopped before it saved a checkpoint" in err, err
+    killed.metrics.unlink()
+    header = full.metrics.read_text().splitlines()[0]
     killed.metrics.write_text(header + "\n")  # killed in its first epoch: no epoch recorded
+    trial = tmp_path / "search" / "trials" / "search-0000"  # a search reruns only its interrupted trials itself
+    shutil.copytree(killed.path, trial)
+    (tmp_path / "search" / "study.db").write_bytes(b"")
+    code, out, err = cli(["eval", str(trial)])
+    said = " ".join(err.split())
+    assert code == 2 and "is a search trial that saved no checkpoint" in said and "results.csv" in said, said
     for args in (["eval", str(killed.path)], ["export", str(killed.path), "--format", "onnx"]):
         code, out, err = cli(args)
         assert code == 2 and "is a run that stopped before it saved a checkpoint" in err and "Traceback" not in err, err
