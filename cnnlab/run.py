@@ -729,17 +729,22 @@ class RunFolder:
         except OSError:
             return 0
 
-    def recorded_state(self) -> Optional[str]:
-        """status.json's "state" (one of RUN_STATES), or None when it is missing, unreadable or has none."""
+    def recorded_status(self) -> dict:
+        """status.json as a dict: {} when it is missing, unreadable, not a regular file or not a JSON object."""
         import json
 
         if not self.status.is_file():
-            return None
+            return {}
         try:
-            state = json.loads(self.status.read_text(encoding="utf-8")).get("state")
-        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or not an object
-            return None
-        return state if state in RUN_STATES else None
+            status = json.loads(self.status.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # unreadable, or not JSON
+            return {}
+        return status if isinstance(status, dict) else {}
+
+    def recorded_state(self) -> Optional[str]:
+        """status.json's "state" (one of RUN_STATES), or None when it is missing, unreadable or has none."""
+        state = self.recorded_status().get("state")
+        return state if isinstance(state, str) and state in RUN_STATES else None
 
     def checkpoint(self) -> Path:
         """The checkpoint a reader uses: best.safetensors, else last.safetensors; CnnlabError if neither."""
@@ -757,19 +762,25 @@ class RunFolder:
                 raise CnnlabError(f"'{display_name(str(self.path))}' is a run still training ({holder}) that has "
                                   "saved no checkpoint yet: its first comes with the end of its first epoch. Wait "
                                   "for it, then run this again.")
-            epochs = self.finished_epochs()
-            # The first epoch's row comes before its checkpoint (a full disk can stop the run in between); a later
-            # row, or a finished run, means a checkpoint was written, and only its removal took it away.
-            if epochs > 1 or (epochs and self.recorded_state() == "finished"):
+            epochs, status = self.finished_epochs(), self.recorded_status()
+            # An epoch's row comes before its checkpoint (a full disk can stop the run in between), and status.json
+            # takes the epoch after it: a later row, a finished run, or an epoch status.json took without a failure
+            # means a checkpoint was written, and only its removal took it away.
+            recorded_epoch = status.get("epoch") if type(status.get("epoch")) is int else 0
+            if epochs > 1 or (epochs and (status.get("state") == "finished"
+                                          or (status.get("state") not in (None, "failed") and recorded_epoch >= 1))):
                 raise CnnlabError(f"'{display_name(str(self.path))}' is a run whose {counted(epochs, 'epoch')} "
                                   f"finished, but neither {CHECKPOINT_BEST} nor {CHECKPOINT_LAST} is in its "
                                   "folder: its weights are gone (deleted, or left out of a copy). Point at a copy of "
                                   "the run that has them.")
             if self.path.parent.name == SEARCH_TRIALS_DIR and is_search_folder(self.path.parent.parent):
+                search = shell_word(self.path.parent.parent)
+                ending = ("it failed (its status.json names the error), and a search does not run a failed trial "
+                          "again" if status.get("state") == "failed" else
+                          f"it was stopped (Ctrl-C or a kill), and the same search, continued (--out {search}), "
+                          "runs its parameters again in a new trial")
                 raise CnnlabError(f"'{display_name(str(self.path))}' is a search trial that saved no checkpoint, so "
-                                  "it holds no weights to read. The search's results.csv says how it ended: one "
-                                  "stopped by Ctrl-C or a kill runs again when the same search continues (--out "
-                                  f"{shell_word(self.path.parent.parent)}), one that failed does not.")
+                                  f"it holds no weights to read: {ending}.")
             raise CnnlabError(f"'{display_name(str(self.path))}' is a run that stopped before it saved a checkpoint, "
                               "so it holds no weights to read. Train it again in its folder: cnnlab train --config "
                               f"{shell_word(self.config)} --out {shell_word(self.path)}")

@@ -235,7 +235,7 @@ def test_checks_are_skipped_with_a_named_line_when_the_budget_is_spent(tmp_path)
     assert "GPU_CHECK_LIMIT" not in reported[0].detail  # run without the script: no limit to raise
 
 
-def test_a_skip_under_a_low_wall_clock_limit_names_the_limit_to_raise_too(tmp_path, monkeypatch):
+def test_a_skip_under_a_low_wall_clock_limit_names_the_limit_to_raise_too(tmp_path, monkeypatch, capsys):
     # "rerun with --budget 120 or more" led into the refusal of a budget past GPU_CHECK_LIMIT
     monkeypatch.setenv(gpu_check.LIMIT_ENV, "60")
     args = gpu_check.parse_args(["--checks", "best"])
@@ -248,6 +248,8 @@ def test_a_skip_under_a_low_wall_clock_limit_names_the_limit_to_raise_too(tmp_pa
     monkeypatch.setenv(gpu_check.LIMIT_ENV, "15")  # no budget fits at all: only the limit can change
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--budget", "5"])
+    said = capsys.readouterr().err
+    assert said.rstrip().endswith("raise GPU_CHECK_LIMIT") and "give --budget" not in said  # not "--budget 0 or less"
 
 
 def test_a_check_that_raises_is_its_own_fail_line_and_the_rest_still_run(tmp_path, capsys, monkeypatch):

@@ -809,8 +809,15 @@ def test_a_run_without_a_checkpoint_yet_is_named_as_a_run_with_how_to_get_one(ru
     full = RunFolder(tmp_path / "full")  # a disk that filled while the first checkpoint was written: its row is there
     shutil.copytree(weightless.path, full.path)
     full.metrics.write_text("\n".join(full.metrics.read_text().splitlines()[:2]) + "\n")
-    full.status.write_text(json.dumps({**json.loads(full.status.read_text()), "state": "failed"}))
+    full.status.write_text(json.dumps({**json.loads(full.status.read_text()), "state": "failed", "epoch": 1}))
     code, out, err = cli(["eval", str(full.path)])
+    assert code == 2 and "is a run that stopped before it saved a checkpoint" in err, err
+    # killed in its second epoch: status.json took epoch 1 after its checkpoint, so the weights were there
+    full.status.write_text(json.dumps({**json.loads(full.status.read_text()), "state": "running", "epoch": 1}))
+    code, out, err = cli(["eval", str(full.path)])
+    assert code == 2 and "is a run whose 1 epoch finished, but neither" in " ".join(err.split()), err
+    full.status.write_text(json.dumps({**json.loads(full.status.read_text()), "state": "running", "epoch": 0}))
+    code, out, err = cli(["eval", str(full.path)])  # killed between the row and the first checkpoint
     assert code == 2 and "is a run that stopped before it saved a checkpoint" in err, err
     killed = RunFolder(tmp_path / "killed")
     shutil.copytree(weightless.path, killed.path)
@@ -821,12 +828,15 @@ def test_a_run_without_a_checkpoint_yet_is_named_as_a_run_with_how_to_get_one(ru
     killed.metrics.unlink()
     header = full.metrics.read_text().splitlines()[0]
     killed.metrics.write_text(header + "\n")  # killed in its first epoch: no epoch recorded
-    trial = tmp_path / "search" / "trials" / "search-0000"  # a search reruns only its interrupted trials itself
-    shutil.copytree(killed.path, trial)
+    trial = RunFolder(tmp_path / "search" / "trials" / "search-0000")  # a search reruns only its stopped trials
+    shutil.copytree(killed.path, trial.path)
     (tmp_path / "search" / "study.db").write_bytes(b"")
-    code, out, err = cli(["eval", str(trial)])
-    said = " ".join(err.split())
-    assert code == 2 and "is a search trial that saved no checkpoint" in said and "results.csv" in said, said
+    for state, ending in (("interrupted", "runs its parameters again in a new trial"),
+                          ("failed", "a search does not run a failed trial again")):
+        trial.status.write_text(json.dumps({**json.loads(trial.status.read_text()), "state": state, "epoch": 0}))
+        code, out, err = cli(["eval", str(trial.path)])
+        said = " ".join(err.split())
+        assert code == 2 and "is a search trial that saved no checkpoint" in said and ending in said, said
     for args in (["eval", str(killed.path)], ["export", str(killed.path), "--format", "onnx"]):
         code, out, err = cli(args)
         assert code == 2 and "is a run that stopped before it saved a checkpoint" in err and "Traceback" not in err, err
