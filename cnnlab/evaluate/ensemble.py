@@ -53,14 +53,10 @@ def _fewer_snapshots_remedy(folder: RunFolder) -> str:
     """What gives a run that saved one snapshot more of them, read from its status.json: a run
     stopped part-way saves the rest when resumed; one early stopping ended before its next cycle, or one of a
     single cycle, saves more only when trained again otherwise."""
-    import json
     import shlex
 
-    try:
-        status = json.loads(folder.status.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        status = {}
-    state = status.get("state") if isinstance(status, dict) else None
+    status = folder.recorded_status()
+    state = status.get("state")
     if state in ("interrupted", "running"):
         return f"let the run finish, which saves the rest (cnnlab train --resume {shlex.quote(_shown(folder.path))})"
     if state == "finished" and str(status.get("message") or "").startswith("stopped early"):

@@ -44,7 +44,6 @@ metrics.csv that lost rows of epochs status.json records as finished (CUT_EPOCHS
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
@@ -935,10 +934,7 @@ def _unfinished(run_state: Optional[tuple[str, str]]) -> Finding | None:
 
 def _recorded_epochs(folder: RunFolder) -> int:
     """The epochs the run's status.json records as finished; 0 where it records none or cannot be read."""
-    try:
-        epoch = json.loads(folder.status.read_text(encoding="utf-8")).get("epoch")
-    except (OSError, ValueError, AttributeError):  # missing, not JSON, or not a mapping
-        return 0
+    epoch = folder.recorded_status().get("epoch")  # {} where it is missing, not JSON, or not a mapping
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else 0
 
 
