@@ -741,6 +741,16 @@ class RunFolder:
             return {}
         return status if isinstance(status, dict) else {}
 
+    @staticmethod
+    def _saved_a_checkpoint(epochs: int, status: dict) -> bool:
+        """Whether a run whose metrics.csv holds ``epochs`` rows and whose status.json is ``status`` surely wrote a
+        checkpoint. An epoch's row comes before its checkpoint (a full disk can stop the run in between), and
+        status.json takes the epoch after it: a second row, a finished run, or an epoch status.json took without a
+        failure means one was written."""
+        state, epoch = status.get("state"), status.get("epoch")
+        took_an_epoch = type(epoch) is int and epoch >= 1 and state not in (None, "failed")
+        return epochs > 1 or (epochs == 1 and (state == "finished" or took_an_epoch))
+
     def recorded_state(self) -> Optional[str]:
         """status.json's "state" (one of RUN_STATES), or None when it is missing, unreadable or has none."""
         state = self.recorded_status().get("state")
@@ -763,12 +773,7 @@ class RunFolder:
                                   "saved no checkpoint yet: its first comes with the end of its first epoch. Wait "
                                   "for it, then run this again.")
             epochs, status = self.finished_epochs(), self.recorded_status()
-            # An epoch's row comes before its checkpoint (a full disk can stop the run in between), and status.json
-            # takes the epoch after it: a later row, a finished run, or an epoch status.json took without a failure
-            # means a checkpoint was written, and only its removal took it away.
-            recorded_epoch = status.get("epoch") if type(status.get("epoch")) is int else 0
-            if epochs > 1 or (epochs and (status.get("state") == "finished"
-                                          or (status.get("state") not in (None, "failed") and recorded_epoch >= 1))):
+            if self._saved_a_checkpoint(epochs, status):
                 raise CnnlabError(f"'{display_name(str(self.path))}' is a run whose {counted(epochs, 'epoch')} "
                                   f"finished, but neither {CHECKPOINT_BEST} nor {CHECKPOINT_LAST} is in its "
                                   "folder: its weights are gone (deleted, or left out of a copy). Point at a copy of "

@@ -1029,7 +1029,8 @@ def test_evals_on_folders_of_one_name_keep_apart_and_record_the_data_they_read(r
         monkeypatch.chdir(tmp_path / place)
         result = run_eval(folder.path, data="folder:hold", split="test", mistakes=0)
         written[place] = Path(result["files"]["metrics"]).parent
-        assert json.loads((written[place] / "metrics.json").read_text())["data"] == f"folder:{tmp_path / place / 'hold'}"
+        recorded = json.loads((written[place] / "metrics.json").read_text())["data"]
+        assert recorded == f"folder:{tmp_path / place / 'hold'}"
     assert written["A"] != written["B"] and written["A"].name.startswith("eval-test-none-on-folder-hold-")
     assert all((written[place] / "metrics.json").is_file() for place in written)  # none replaced the other
     # a run that records its data by its absolute path (A's hold): the eval on B's, typed alike, is other data
