@@ -53,6 +53,8 @@ from cnnlab.experiments.base import (
     bar_plot,
 )
 from cnnlab.experiments.training import (
+    ALIKE_NOISE,
+    PICK_RULE,
     data_problem,
     DIVERGED,
     LEARNED_RULE,
@@ -61,6 +63,7 @@ from cnnlab.experiments.training import (
     alike,
     better,
     chance_level,
+    diverged_anywhere,
     experiment_config,
     line_plot,
     mean_curve,
@@ -415,10 +418,10 @@ def zigzag_check(per_run: list[tuple[RunOutcome, dict[str, Any]]]) -> Check:
 
 
 def best_by_validation(outcomes: list[RunOutcome]) -> Optional[str]:
-    """The activation with the highest mean final validation accuracy over its finished seeds (never the test
-    split, which then judges it); None when no activation has a finished run."""
+    """The activation with the highest mean final validation accuracy over its seeds (never the test split, which
+    then judges it), among those none of whose seeds diverged; None when no activation qualifies."""
     val = {name: seed_stats(outcomes, name, "val_acc") for name in ACT_SPECS}
-    finished = {name: stats.mean for name, stats in val.items() if stats.n}
+    finished = {name: stats.mean for name, stats in val.items() if stats.n and not diverged_anywhere(outcomes, name)}
     return max(finished, key=lambda name: finished[name]) if finished else None
 
 
@@ -490,8 +493,9 @@ ACTIVATIONS = Experiment(
          f"more than the larger spread (sample std over seeds) and more than {SPEED_MARGIN} nats, DOES NOT HOLD when "
          "it is higher by as much, INCONCLUSIVE in between. 'Just use ReLU' HOLDS when ReLU's mean test accuracy "
          f"is within {ACCURACY_TOLERANCE * 100:g} point plus the larger spread of the best activation's mean (the "
-         "best: the highest mean final VALIDATION accuracy, never the test split; ReLU itself may be the best), DOES "
-         "NOT HOLD when that activation is ahead by more. Fewer than 3 seeds: "
+         f"best: the highest mean final VALIDATION accuracy, never the test split; {PICK_RULE}; ReLU itself may be the "
+         "best), DOES "
+         f"NOT HOLD when that activation is ahead by more, {ALIKE_NOISE}. Fewer than 3 seeds: "
          "INCONCLUSIVE. Dead units (output 0 on every image of the first 256 validation images), never-positive "
          "units and saturated outputs of the last weights are reported, not judged. Zig-zag (note 002): per run, the "
          "share of per-example weight-gradient rows (example x neuron, rows not all zero) of one sign, over every "

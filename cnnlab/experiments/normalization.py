@@ -49,6 +49,8 @@ from cnnlab.experiments.base import (
     SizeInfo,
 )
 from cnnlab.experiments.training import (
+    ALIKE_NOISE,
+    PICK_RULE,
     data_problem,
     DIVERGED,
     LEARNED_MARGIN,
@@ -59,6 +61,7 @@ from cnnlab.experiments.training import (
     alike,
     better,
     chance_level,
+    diverged_anywhere,
     experiment_config,
     line_plot,
     mean_curve,
@@ -149,10 +152,10 @@ def norm_batch_sections(norm: str, batch: int, budget: NormBatchBudget) -> dict[
 
 
 def best_batch(outcomes: Sequence[RunOutcome], norm: str, batches: Sequence[int]) -> Optional[int]:
-    """The batch size with the highest mean final validation accuracy (never the test split); None when no
-    batch has a finished run."""
+    """The batch size with the highest mean final validation accuracy (never the test split), among those none of
+    whose seeds diverged; None when no batch qualifies."""
     means = {b: seed_stats(outcomes, nb_setting(norm, b), "val_acc") for b in batches}
-    finished = {b: s.mean for b, s in means.items() if s.n}
+    finished = {b: s.mean for b, s in means.items() if s.n and not diverged_anywhere(outcomes, nb_setting(norm, b))}
     return max(finished, key=lambda b: (finished[b], -b)) if finished else None
 
 
@@ -261,7 +264,8 @@ NORM_BATCH = Experiment(
     source=("001", "Batch Norm: 它强烈依赖于批次大小 N。如果 N 很小，计算出的 μ 和 σ 误差较大，效果会变差 / Layer Norm: "
                    "与批次大小 N 无关。即使批次很小，标准化结果也很稳定 / Group Norm: 它不依赖于批次 N (000: BN/LN/IN/GN)"),
     rule="Per norm and batch size, 3+ seeds, the same resnet8 recipe for the same number of epochs, lr = 0.2 x "
-         "batch / 256. A norm's best batch is the one with the highest mean final VALIDATION accuracy; accuracies "
+         f"batch / 256. A norm's best batch is the one with the highest mean final VALIDATION accuracy ({PICK_RULE}); "
+         "accuracies "
          "compared are TEST accuracies of each run's best checkpoint. 'BN degrades' HOLDS when BN's mean test "
          "accuracy at its best batch beats its mean at the smallest batch by more than the larger spread (sample "
          "std over seeds), DOES NOT HOLD when the smallest batch is ahead by as much or is BN's best batch, "
@@ -523,7 +527,8 @@ BN_LR = Experiment(
          f"the larger spread (sample std over seeds) and {SPEED_MARGIN} nats, DOES NOT HOLD when higher by as "
          "much, INCONCLUSIVE in between. 'Similar accuracy' compares the test accuracy of each net at its own best "
          f"rate (by validation): HOLDS when the means differ by at most {ACCURACY_TOLERANCE * 100:g} point plus the "
-         "larger spread, DOES NOT HOLD otherwise. Fewer than 3 seeds: INCONCLUSIVE. A diverged run counts as a "
+         f"larger spread, DOES NOT HOLD otherwise, {ALIKE_NOISE}. Fewer than 3 seeds: INCONCLUSIVE. A diverged run "
+         "counts as a "
          f"failure to train and is left out of the means. {LEARNED_RULE} (The checks here compare only rates "
          "that train, which learned by the same margin.)",
     runs="vgg_mini at 16x16 with model.norm bn or none, at learning rates 0.01, 0.03, 0.1, 0.3, 1, 3; SGD momentum "

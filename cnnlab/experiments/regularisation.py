@@ -53,6 +53,8 @@ from cnnlab.experiments.base import (
     verdict_of,
 )
 from cnnlab.experiments.training import (
+    ALIKE_NOISE,
+    PICK_RULE,
     data_problem,
     DIVERGED,
     SeedStats,
@@ -61,6 +63,7 @@ from cnnlab.experiments.training import (
     alike,
     better,
     chance_level,
+    diverged_anywhere,
     experiment_config,
     line_plot,
     mean_curve,
@@ -301,7 +304,8 @@ ENSEMBLE_RULE = (
     "sub-network accuracy by more than the larger spread over seeds and the largest spread (sample std) among one "
     f"net's {SUB_NETWORKS} sub-networks, DOES NOT HOLD when below by as much, INCONCLUSIVE in between. 'The test pass "
     "is alike the average' HOLDS when their mean accuracies differ by at most "
-    f"{ACCURACY_TOLERANCE * 100:g} point plus the larger spread over seeds, else DOES NOT HOLD. The ensemble reading "
+    f"{ACCURACY_TOLERANCE * 100:g} point plus the larger spread over seeds, {ALIKE_NOISE}, else DOES NOT HOLD. The "
+    "ensemble reading "
     "HOLDS when both hold, DOES NOT HOLD when either does not, INCONCLUSIVE otherwise; the share of images on which "
     "the test pass and the average predict the same class is reported, not judged.")
 
@@ -535,7 +539,8 @@ def run_dropout(ctx: RunContext) -> ExperimentResult:
               "inverted-p0.5", test["inverted-p0.5"], "vanilla-p0.5", test["vanilla-p0.5"],
               tolerance=ACCURACY_TOLERANCE), outcomes, chance, ("inverted-p0.5", "vanilla-p0.5")))
     checks.append(unless_learned(
-        better("dropout p=0.5 shrinks the train-val accuracy gap (clean train accuracy minus val, last weights)",
+        better("inverted dropout p=0.5 shrinks the train-val accuracy gap (clean train accuracy minus val, last "
+               "weights)",
                "inverted-p0.5", gaps["inverted-p0.5"], "p0", gaps["p0"], higher=False, min_margin=GAP_MARGIN),
         outcomes, chance, ("inverted-p0.5", "p0")))
     checks += ensemble_checks
@@ -592,10 +597,12 @@ DROPOUT = Experiment(
          f"beyond {ELEMENT_Z:g} standard errors (0.27% expected), and values with input 0 match exactly; DOES NOT HOLD "
          "otherwise. (a) Trained nets, 3+ seeds: inverted and vanilla p=0.5 are alike when their mean test "
          f"accuracies differ by at most {ACCURACY_TOLERANCE * 100:g} point plus the larger spread (sample std), else "
-         "DOES NOT HOLD. (b) The gap is clean training accuracy (last weights, eval mode, the training subset) minus "
-         f"the last epoch's val accuracy; 'dropout shrinks it' HOLDS when p=0.5's mean gap is below p=0's by more "
-         f"than the larger spread and {GAP_MARGIN * 100:g} point, DOES NOT HOLD when above by as much, INCONCLUSIVE in "
-         f"between. {ENSEMBLE_RULE} Fewer than 3 seeds: the trained-net checks ((a)'s accuracies, (b), (c)) are "
+         f"DOES NOT HOLD; {ALIKE_NOISE}. (b) The gap is clean training accuracy (last weights, eval mode, the "
+         "training subset) minus the last epoch's val accuracy; 'dropout shrinks it' HOLDS when inverted dropout's "
+         f"p=0.5 mean gap (the form the notes recommend) is below p=0's by more than the larger spread and "
+         f"{GAP_MARGIN * 100:g} point, DOES NOT HOLD when above by as much, INCONCLUSIVE in between; vanilla p=0.5's "
+         f"gap is reported, not judged. {ENSEMBLE_RULE} Fewer than 3 seeds: the trained-net checks ((a)'s "
+         "accuracies, (b), (c)) are "
          f"INCONCLUSIVE. {LEARNED_RULE}",
     runs="the notes' 3-layer net (an MLP with two hidden ReLU layers, no norm) on a small training subset, "
          "without dropout and with dropout p=0.5 after each hidden layer, inverted and vanilla; SGD lr 0.05, "
@@ -713,7 +720,7 @@ def run_augmentation(ctx: RunContext) -> ExperimentResult:
         + "; ".join(f"{name} {c.verdict}: {c.margin}" for name, c in per_setting.items()))]
 
     val = {name: seed_stats(outcomes, name, "best_val_acc") for name in augmented}
-    ranked = [name for name in augmented if val[name].n]
+    ranked = [name for name in augmented if val[name].n and not diverged_anywhere(outcomes, name)]
     if ranked:
         chosen = max(ranked, key=lambda name: val[name].mean)  # chosen on validation, judged on test
         checks.append(unless_learned(
@@ -722,7 +729,7 @@ def run_augmentation(ctx: RunContext) -> ExperimentResult:
                    min_margin=TEST_MARGIN), outcomes, chance, (chosen, "none")))
     else:
         checks.append(Check("the best augmented setting beats no augmentation on test accuracy", INCONCLUSIVE,
-                            "no finished augmented run"))
+                            "no augmented setting finished every seed"))
     if not dataset.hflip_safe:
         rows.append({"setting": "flip", "aug": "left out",
                      "note": f"a mirror image changes the label on {dataset.spec} (flips are not label-preserving), so "
@@ -775,7 +782,8 @@ AUGMENTATION = Experiment(
          f"spread (sample std) and {GAP_MARGIN * 100:g} point, widens it when above by as much. 'Augmentation shrinks "
          "the gap' HOLDS when more than half of the augmented settings shrink it, DOES NOT HOLD when more than half "
          "widen it, INCONCLUSIVE otherwise. The augmented setting with the best mean val accuracy (chosen on "
-         "validation, never on test) 'beats no augmentation' when its mean test accuracy is higher by more than the "
+         f"validation, never on test; {PICK_RULE}) 'beats no augmentation' when its mean test accuracy is higher "
+         "by more than the "
          f"larger spread and {TEST_MARGIN * 100:g} point, DOES NOT HOLD when lower by as much, INCONCLUSIVE in "
          "between. Fewer than 3 seeds: INCONCLUSIVE. Where a mirror changes the label (digits), flip is left out. "
          f"{LEARNED_RULE}",

@@ -140,10 +140,11 @@ def _undecided(gaps: list[Gap], seeds: int) -> Optional[str]:
 
 
 def catches_up_check(gaps: list[Gap], seeds: int, spec: str) -> Check:
-    """(a) at the large size: the gap all - scratch at the longest budget is at most its margin (the larger
-    spread, or TOLERANCE; scratch ahead by any amount counts: it caught up) and smaller than at the shortest
-    budget: HOLDS; above the margin: DOES NOT HOLD; at most the margin but not smaller than at the shortest
-    (fine-tuning never led, so there was no lead to close): INCONCLUSIVE."""
+    """(a) at the large size: fine-tuning leads by more than its margin at the shortest budget (the larger
+    spread, or TOLERANCE), and the gap all - scratch at the longest budget is at most its margin (scratch ahead
+    by any amount counts: it caught up) and smaller than at the shortest: HOLDS; above the margin at the longest:
+    DOES NOT HOLD; at most the margin there, but fine-tuning did not lead clearly at the shortest (there was no
+    lead to close) or its lead did not shrink: INCONCLUSIVE."""
     short, long = gaps[0], gaps[-1]
     claim = (f"with quite a lot of data ({short.size} per class, {spec}), training from scratch catches up with "
              "fine-tuning given long enough training")
@@ -154,12 +155,14 @@ def catches_up_check(gaps: list[Gap], seeds: int, spec: str) -> Check:
     if long.gap > long.margin:
         return Check(claim, FAILS, f"{margin}: at {long.steps} steps fine-tuning still leads by more than "
                                    f"{100 * long.margin:.1f} points")
-    if long.gap < short.gap:
-        return Check(claim, HOLDS, f"{margin}: at {long.steps} steps fine-tuning leads by at most "
-                                   f"{100 * long.margin:.1f} points, and the gap is smaller than at {short.steps}")
-    return Check(claim, INCONCLUSIVE, f"{margin}: fine-tuning does not lead by more than {100 * long.margin:.1f} "
-                                      f"points at {long.steps} steps, but the gap is not smaller than at "
-                                      f"{short.steps}: there was no lead to close")
+    within = f"{margin}: fine-tuning does not lead by more than {100 * long.margin:.1f} points at {long.steps} steps"
+    if short.gap <= short.margin:
+        return Check(claim, INCONCLUSIVE, f"{within}, but it did not lead by more than {100 * short.margin:.1f} at "
+                                          f"{short.steps} either: there was no lead to close")
+    if long.gap >= short.gap:
+        return Check(claim, INCONCLUSIVE, f"{within}, but its lead is not smaller than at {short.steps}")
+    return Check(claim, HOLDS, f"{margin}: fine-tuning leads by more than {100 * short.margin:.1f} points at "
+                               f"{short.steps} steps and by at most {100 * long.margin:.1f} at {long.steps}")
 
 
 def small_data_check(gaps: list[Gap], seeds: int, spec: str) -> Check:
@@ -326,8 +329,10 @@ SCRATCH_VS_PRETRAINED = Experiment(
          "weights at a tenth of the rate) run at its smallest and largest size, at "
          f"{_budgets_rule()}. gap = mean test accuracy of all - scratch over the seeds; margin = the larger of the two stds, "
          f"or {TOLERANCE * 100:g} points when that is larger. (a) At the largest size: HOLDS when the gap at the longest budget is "
-         "at most the margin (scratch ahead counts) and smaller than at the shortest; DOES NOT HOLD when it is "
-         "above the margin; INCONCLUSIVE when at most the margin but not smaller (no lead to close). (b) At the smallest size: HOLDS when all "
+         "at most the margin (scratch ahead counts) and smaller than at the shortest, where all led by more than the "
+         "margin; DOES NOT HOLD "
+         "when it is above the margin at the longest; INCONCLUSIVE when at most the margin there but all did not lead "
+         "clearly at the shortest (no lead to close). (b) At the smallest size: HOLDS when all "
          "beats scratch by more than the margin at the longest budget; DOES NOT HOLD when scratch beats all by more "
          f"than it; INCONCLUSIVE within it. Fewer than {MIN_SEEDS} seeds, or a rung with fewer than {MIN_SEEDS} "
          "finished seeds, decide nothing (INCONCLUSIVE).",

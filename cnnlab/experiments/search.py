@@ -256,11 +256,14 @@ def mechanism_check(rows: Sequence[dict]) -> Check:
     for (method, seed) in sorted({(r["method"], r["seed"]) for r in rows}):
         study = [r for r in rows if r["method"] == method and r["seed"] == seed]
         counts[method].append((len({r["lr"] for r in study}), len(study)))
-    holds = all(g[0] < r[0] and r[0] == r[1] for g, r in zip(counts[GRID], counts[RANDOM]))
+    claim = "training: at the same budget the grid tries fewer values of the learning rate than random search"
+    pairs = list(zip(counts[GRID], counts[RANDOM]))
+    if not pairs:  # all() of nothing is True: no pair of studies to compare decides nothing
+        return Check(claim, INCONCLUSIVE, "no grid and random study with a finished trial to compare")
+    holds = all(g[0] < r[0] and r[0] == r[1] for g, r in pairs)
     shown = {m: ", ".join(f"{d} of {n}" for d, n in counts[m]) for m in METHODS}
-    return Check("training: at the same budget the grid tries fewer values of the learning rate than random search",
-                 verdict_of(holds), f"distinct learning rates per study (per seed): grid {shown[GRID]}; random "
-                                    f"{shown[RANDOM]}")
+    return Check(claim, verdict_of(holds), f"distinct learning rates per study (per seed): grid {shown[GRID]}; random "
+                                           f"{shown[RANDOM]}")
 
 
 def _marginal_range(rows: Sequence[dict], key: str) -> tuple[float, dict]:

@@ -47,6 +47,7 @@ from cnnlab.experiments.base import (
     verdict_of,
 )
 from cnnlab.experiments.training import (
+    ALIKE_NOISE,
     DIVERGED,
     LEARNED_RULE,
     MIN_SEEDS,
@@ -438,8 +439,9 @@ SHIFT = Experiment(
          f"the larger spread (sample std over seeds) and {POOL_MARGIN:g}: HOLDS; above by as much: DOES NOT HOLD; "
          "else INCONCLUSIVE. (c) The mean test accuracy on images moved 1 pixel (4 directions, black fill) is "
          f"within {SHIFT_TOLERANCE * 100:g} point plus the larger spread of the unshifted accuracy: HOLDS, else "
-         "DOES NOT HOLD; 2 and 3 pixels and the share of unchanged predictions are reported, not judged. Fewer "
-         f"than {MIN_SEEDS} seeds: (b) and (c) INCONCLUSIVE. {LEARNED_RULE}",
+         f"DOES NOT HOLD; {ALIKE_NOISE}; 2 and 3 pixels and the share of unchanged predictions are reported, not "
+         f"judged. Fewer than {MIN_SEEDS} seeds: (b) and (c) INCONCLUSIVE. {LEARNED_RULE} It applies to (c); (a) and "
+         "(b) measure the layers, whatever the weights learned.",
     runs="vgg_mini with three stages (3x3 conv 16-32-64, BatchNorm, ReLU, 2x2 max pool; global average pool), no "
          "augmentation; SGD lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, cosine, batch 64",
     sizes={

@@ -346,14 +346,23 @@ def surface_checks(surfaces: Sequence[Surface], outcomes: Sequence[RunOutcome], 
     for claim, measure, digits in ((RISE_CLAIM, Surface.mean_rise, 4),
                                    (SHARPNESS_CLAIM, lambda run: run.eigen.value, 3)):
         values = {net: [measure(run) for run in surfaces if run.setting == net] for net in NETS}
-        stats = {net: finite_stats(values[net]) for net in NETS}
+        # The top eigenvalue measures a minimum's curvature only where it is positive: a negative one (largest in
+        # magnitude) says the weights sit at a saddle, where "lower is flatter" would reward it
+        at_saddle = (lambda v: math.isfinite(v) and v < 0) if claim == SHARPNESS_CLAIM else (lambda v: False)
+        kept = {net: [v for v in values[net] if not at_saddle(v)] for net in NETS}
+        stats = {net: finite_stats(kept[net]) for net in NETS}
         check = better(claim, RESNET, stats[RESNET], PLAIN, stats[PLAIN], higher=False, scale=1.0, unit="",
                        digits=digits)
         # A loss that overflowed leaves a run without a finite measure: it is left out of the mean, and said
-        left_out = [f"{net} {len(values[net]) - stats[net].n}" for net in NETS if len(values[net]) > stats[net].n]
-        if left_out:
-            check = Check(check.claim, check.verdict, f"{check.margin}; runs left out for a measure that is not "
-                                                      f"finite: {', '.join(left_out)}")
+        said = []
+        for why, counts in (("a measure that is not finite", {net: len(kept[net]) - stats[net].n for net in NETS}),
+                            ("a negative top eigenvalue (a saddle, not a minimum)",
+                             {net: len(values[net]) - len(kept[net]) for net in NETS})):
+            if any(counts.values()):
+                said.append(f"runs left out for {why}: "
+                            + ", ".join(f"{net} {count}" for net, count in counts.items() if count))
+        if said:
+            check = Check(check.claim, check.verdict, "; ".join([check.margin, *said]))
         checks.append(unless_each_learned(check, outcomes, chance, NETS))
     return checks
 
@@ -471,7 +480,8 @@ SURFACE = Experiment(
          "when higher by as much, INCONCLUSIVE in between. (b) 'The ResNet's minimum is flatter': the Hessian's "
          f"eigenvalue of largest magnitude over the same weights, by {POWER_ITERATIONS} steps of power iteration "
          f"({PROBES['tiny'].iterations} at tiny) with Hessian-vector products from a seeded start; the same rule "
-         "(lower is flatter). A run whose measure is not finite (a loss that overflowed) is left out of that mean "
+         "(lower is flatter); a run whose eigenvalue is negative (a saddle, not a minimum) is left out of its mean "
+         "and named. A run whose measure is not finite (a loss that overflowed) is left out of that mean "
          f"and named. (c) Reported, not judged: per net, the slices whose {GRID_POINTS - 2} second differences are not all >= 0 (not convex). "
          f"Fewer than {MIN_SEEDS} seeds: INCONCLUSIVE. {BOTH_LEARNED_RULE}",
     runs=f"{PLAIN} and {RESNET} (cnnlab's CIFAR nets, BatchNorm) at 16x16 with degradation's recipe (He et al.'s: "

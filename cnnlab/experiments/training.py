@@ -413,17 +413,62 @@ def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, 
     return Check(claim, INCONCLUSIVE, margin)
 
 
+# How every "alike" rule treats noise (:func:`alike`), said in each rule that uses it
+ALIKE_NOISE = ("INCONCLUSIVE when the larger spread is itself above the tolerance (the runs vary too much to call "
+               "them alike)")
+
+
 def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, tolerance: float,
           scale: float = 100.0, unit: str = " points") -> Check:
-    """"A and B are alike": the means differ by at most ``tolerance`` plus the larger spread."""
+    """"A and B are alike": HOLDS when the means differ by at most ``tolerance`` plus the larger spread and that
+    spread is at most ``tolerance``; DOES NOT HOLD when they differ by more; INCONCLUSIVE when the runs vary by
+    more than the tolerance (noise that wide could hide a real difference) or with fewer than MIN_SEEDS seeds."""
     shown = f"{a_name} {a.text(scale)} vs {b_name} {b.text(scale)}"
     if min(a.n, b.n) < MIN_SEEDS:
         return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
     gap = abs(a.mean - b.mean)
-    allowed = tolerance + max(a.std, b.std)
+    spread = max(a.std, b.std)
+    allowed = tolerance + spread
     margin = (f"{shown}: gap {gap * scale:.2f}{unit}, allowed {allowed * scale:.2f} "
               f"(tolerance {tolerance * scale:.2f} + the larger spread)")
-    return Check(claim, HOLDS if gap <= allowed else FAILS, margin)
+    if gap > allowed:
+        return Check(claim, FAILS, margin)
+    if spread > tolerance + ROUNDING:  # a spread of exactly the tolerance is within it
+        return Check(claim, INCONCLUSIVE, f"{margin}; the larger spread is above the tolerance: the runs vary too "
+                                          "much to call them alike")
+    return Check(claim, HOLDS, margin)
+
+
+def no_worse(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, tolerance: float,
+             higher: bool = True, scale: float = 100.0, unit: str = " points") -> Check:
+    """"A is no worse than B": HOLDS when A is ahead, level, or behind by at most the larger spread and at most
+    ``tolerance``; DOES NOT HOLD when A is behind by more than the larger spread; INCONCLUSIVE in between (behind
+    by more than the tolerance but within the spread: the runs vary too much to tell) or with fewer than
+    MIN_SEEDS seeds. ``higher``: whether a larger value is better (accuracy) or a smaller one (error)."""
+    shown = f"{a_name} {a.text(scale)} vs {b_name} {b.text(scale)}"
+    if min(a.n, b.n) < MIN_SEEDS:
+        return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
+    behind = (b.mean - a.mean) if higher else (a.mean - b.mean)
+    spread = max(a.std, b.std)
+    leader, lead = (b_name, behind) if behind > 0 else (a_name, -behind)
+    margin = (f"{shown}: {leader} ahead by {lead * scale:.2f}{unit}; {a_name} may be behind by at most the larger "
+              f"spread {spread * scale:.2f} and the tolerance {tolerance * scale:.2f}")
+    if behind > spread:
+        return Check(claim, FAILS, margin)
+    if behind > tolerance + ROUNDING:  # exactly the tolerance is within it, float rounding aside
+        return Check(claim, INCONCLUSIVE, f"{margin}: behind by more than the tolerance, within the spread")
+    return Check(claim, HOLDS, margin)
+
+
+# How every "best by validation" choice treats divergence (:func:`diverged_anywhere`), said in each rule that picks
+PICK_RULE = "a setting that diverged on any seed is not picked (its finished seeds alone would flatter it)"
+
+
+def diverged_anywhere(outcomes: Sequence[RunOutcome], setting: str) -> bool:
+    """Whether some seed of ``setting`` diverged. A choice of the best setting by validation passes over it: a
+    setting that diverged on two seeds of three has one finished seed's mean, which decides nothing and makes
+    every comparison with it INCONCLUSIVE (:data:`PICK_RULE`)."""
+    return any(o.setting == setting and o.status == DIVERGED for o in outcomes)
 
 
 def learned(outcomes: Sequence[RunOutcome], setting: str, chance: float) -> bool:

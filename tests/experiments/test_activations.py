@@ -16,6 +16,8 @@ from cnnlab.experiments.activations import (
     ONE_SIGN_TANH,
     SATURATION_BAND,
     activation_stats,
+    best_by_validation,
+    just_use_relu_check,
     one_sign_rows,
     zigzag_check,
 )
@@ -254,3 +256,20 @@ def test_the_best_activation_is_chosen_on_validation_not_on_the_test_split(tmp_p
     check = next(c for c in result.checks if "just use ReLU" in c.claim)
     assert "(gelu)" in check.claim and "elu" not in check.claim.replace("(gelu)", "")
     assert check.verdict == verdict, check.margin
+
+
+def test_an_activation_that_diverged_on_some_seed_is_not_the_best():
+    """SELU, with two of three seeds diverged, validates best on its one finished seed: the pick passes over it
+    (a comparison with one seed decides nothing) and takes the best activation that finished every seed."""
+    from cnnlab.experiments.training import DIVERGED, TRAINED, RunOutcome
+
+    def runs(name, val, test, diverged=0):
+        return [RunOutcome(name, seed, f"runs/{name}/seed{seed}", DIVERGED if seed < diverged else TRAINED,
+                           val_acc=None if seed < diverged else val, test_acc=None if seed < diverged else test)
+                for seed in range(3)]
+
+    outcomes = runs("relu", 0.86, 0.861) + runs("selu", 0.90, 0.90, diverged=2) + runs("elu", 0.87, 0.86)
+    assert best_by_validation(outcomes) == "elu"
+    check = just_use_relu_check(outcomes, 0.1)
+    assert "(elu)" in check.claim and check.verdict == HOLDS, check.margin
+    assert best_by_validation(runs("selu", 0.90, 0.90, diverged=2)) is None

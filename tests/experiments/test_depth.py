@@ -87,7 +87,7 @@ def test_rule_holds_when_plain56_is_clearly_worse_and_resnet56_no_worse():
         "resnet20": [0.10, 0.11, 0.12], "resnet56": [0.105, 0.115, 0.125],  # 0.5 higher, within the spread of 1
     }), CHANCE)
     assert [c.verdict for c in checks] == [HOLDS, HOLDS]
-    assert "+10.00 points" in checks[0].margin and "+0.50 points" in checks[1].margin
+    assert "+10.00 points" in checks[0].margin and "resnet20 ahead by 0.50 points" in checks[1].margin
 
 
 def test_rule_fails_and_is_inconclusive_where_the_numbers_say_so():

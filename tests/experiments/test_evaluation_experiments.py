@@ -233,6 +233,9 @@ def test_snapshot_and_tta_rules():
     assert ahead.verdict == HOLDS and "the snapshot ensemble ahead" in ahead.margin
     behind = evaluation._snapshot_check(SeedStats((0.87, 0.88, 0.89)), independent, 3, 4)
     assert behind.verdict == FAILS and "independent models ahead" in behind.margin
+    # behind by 2 points within a spread of 3: more than the tolerance of 1 point, so no "no worse" either way
+    noisy = evaluation._snapshot_check(SeedStats((0.86, 0.89, 0.92)), SeedStats((0.88, 0.91, 0.94)), 3, 4)
+    assert noisy.verdict == INCONCLUSIVE and "behind by more than the tolerance" in noisy.margin, noisy.margin
     none = SeedStats((0.8, 0.9, 0.85))  # a wide spread over seeds: the paired gains decide, not it
     assert evaluation._gain_check("c", "flip", SeedStats((0.003, 0.004, 0.005)), none, none).verdict == HOLDS
     assert evaluation._gain_check("c", "flip", SeedStats((-0.003, -0.004, -0.005)), none, none).verdict == FAILS

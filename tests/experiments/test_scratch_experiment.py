@@ -92,6 +92,21 @@ def test_catching_up_is_inconclusive_when_there_was_no_lead_to_close():
     assert check.verdict == INCONCLUSIVE and "no lead to close" in check.margin
 
 
+@pytest.mark.parametrize("short, long, spread", [
+    ((100, 0.874, 0.840), (900, 0.950, 0.900), 0.007),  # scratch ahead at both budgets, by 3.4 then 5.0 points
+    ((100, 0.849, 0.850), (900, 0.901, 0.900), 0.007),  # +0.1 then -0.1 points, spread 0.7: no lead either time
+])
+def test_catching_up_needs_fine_tuning_to_have_led_clearly_at_the_shortest_budget(short, long, spread):
+    check = catches_up_check(_gaps(short, long, spread=spread), 3, "d")
+    assert check.verdict == INCONCLUSIVE and "no lead to close" in check.margin, check.margin
+
+
+def test_catching_up_is_inconclusive_when_a_wide_spread_hides_a_lead_that_grew():
+    gaps = _gaps((100, 0.80, 0.82), size=1000, spread=0.005) + _gaps((900, 0.85, 0.88), spread=0.04)
+    check = catches_up_check(gaps, 3, "d")  # 2 points ahead, then 3 within a spread of 4
+    assert check.verdict == INCONCLUSIVE and "not smaller" in check.margin, check.margin
+
+
 def test_the_tolerance_stands_in_for_a_spread_of_zero():
     within, beyond = 0.9 * TOLERANCE, 1.1 * TOLERANCE
     assert catches_up_check(_gaps((1, 0.8, 0.9), (9, 0.9, 0.9 + within), spread=0.0), 3, "d").verdict == HOLDS

@@ -340,3 +340,14 @@ def test_the_claim_counts_each_study_s_trials_not_the_highest_trial_number():
     rows = [{"method": method, "seed": seed, "trial": trial, "val_acc": 0.5 + 0.01 * trial}
             for seed in range(3) for method in ("random", "grid") for trial in numbers]
     assert "at 9 trials" in real_check(rows, 0.1).claim
+
+
+def test_the_mechanism_check_on_no_study_decides_nothing():
+    """all() of no pair of studies is True: with no finished study the mechanism check said HOLDS."""
+    from cnnlab.experiments.search import mechanism_check
+
+    assert mechanism_check([]).verdict == INCONCLUSIVE
+    rows = [{"method": method, "seed": 0, "trial": trial, "lr": lr}
+            for method, lrs in (("grid", (0.1, 0.1, 0.3)), ("random", (0.11, 0.2, 0.31))) for trial, lr in
+            enumerate(lrs)]
+    assert mechanism_check(rows).verdict == HOLDS

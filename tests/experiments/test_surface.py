@@ -290,6 +290,18 @@ def test_a_run_whose_loss_overflowed_is_left_out_and_named():
     assert "(3 seeds)" in sharpness.margin and sharpness.margin.endswith("not finite: resnet56 1")
 
 
+def test_a_run_at_a_saddle_is_left_out_of_the_sharpness_and_named():
+    """A negative eigenvalue of largest magnitude is no minimum's curvature: counted, the ResNet's -500 would make
+    its mean the lowest, "flatter" by far; left out, the two nets' positive eigenvalues decide."""
+    runs, outcomes = runs_and_outcomes(((0.9, 39.0), (1.0, 40.0), (1.1, 41.0), (1.0, -500.0)),
+                                       ((3.9, 39.0), (4.0, 40.0), (4.1, 41.0), (4.0, 40.0)))
+    rise, sharpness = surface.surface_checks(runs, outcomes, 0.1)
+    assert rise.verdict == HOLDS and "left out" not in rise.margin
+    assert sharpness.verdict == INCONCLUSIVE and "(3 seeds)" in sharpness.margin, sharpness.margin
+    assert sharpness.margin.endswith("negative top eigenvalue (a saddle, not a minimum): resnet56 1")
+    assert "saddle" in surface.SURFACE.rule
+
+
 def test_surface_line_fits_80_columns():
     run = made_up(surface.RESNET, 9, curvature=0.2345, eigenvalue=1234.5, loss=0.04123)
     line = measure_line("surface 10 of 10", "resnet56/seed9", surface.surface_shown(run), 3599.0, 14)

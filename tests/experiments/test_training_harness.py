@@ -29,8 +29,10 @@ from cnnlab.experiments.training import (
     alike,
     better,
     data_problem,
+    diverged_anywhere,
     experiment_config,
     learned,
+    no_worse,
     seed_stats,
     run_line,
     summary_rows,
@@ -127,6 +129,45 @@ def test_alike_allows_the_tolerance_plus_the_larger_spread():
     assert alike("alike", "a", a, "b", b, tolerance=0.01).verdict == HOLDS  # 1.5 <= 1 + 1
     assert alike("alike", "a", a, "b", b, tolerance=0.001).verdict == FAILS  # 1.5 > 0.1 + 1
     assert alike("alike", "a", SeedStats((0.9,)), "b", b, tolerance=1).verdict == INCONCLUSIVE
+
+
+def test_alike_is_inconclusive_when_the_runs_vary_more_than_the_tolerance():
+    # ReLU at 19.3% +- 6.0 against ELU at 38.3% +- 19.0 (a tiny run on digits: ReLU learned nothing, ELU did).
+    # The gap of 19 points lies within 1 point plus the spread of 19: noise that wide says nothing of alikeness.
+    relu, elu = SeedStats((0.13, 0.20, 0.25)), SeedStats((0.18, 0.40, 0.57))
+    check = alike("alike", "relu", relu, "elu", elu, tolerance=0.01)
+    assert check.verdict == INCONCLUSIVE and "vary too much" in check.margin
+    # a gap beyond the tolerance plus that spread still fails, and a spread of exactly the tolerance still holds
+    assert alike("alike", "a", SeedStats((0.10, 0.11, 0.12)), "b", elu, tolerance=0.01).verdict == FAILS
+    level = SeedStats((0.90, 0.91, 0.92))  # spread 1 point, as float rounding gives it: 0.010000000000000009
+    assert alike("alike", "a", level, "b", level, tolerance=0.01).verdict == HOLDS
+
+
+@pytest.mark.parametrize("a, verdict, said", [
+    ((0.93, 0.94, 0.95), HOLDS, "a ahead by 3.00 points"),  # ahead
+    ((0.895, 0.905, 0.915), HOLDS, "b ahead by 0.50 points"),  # behind by 0.5: within the spread and the tolerance
+    ((0.86, 0.88, 0.90), FAILS, "b ahead by 3.00 points"),  # behind by 3, more than the spread of 2
+])
+def test_no_worse_allows_a_lag_within_the_spread_and_the_tolerance(a, verdict, said):
+    b = SeedStats((0.90, 0.91, 0.92))
+    check = no_worse("c", "a", SeedStats(a), "b", b, tolerance=0.01)
+    assert check.verdict == verdict and said in check.margin, check.margin
+
+
+def test_no_worse_is_inconclusive_behind_by_more_than_the_tolerance_within_a_wide_spread():
+    # ResNet-56's training error 9 points above ResNet-20's, with a spread of 10: not "no higher", nor clearly higher
+    resnet56, resnet20 = SeedStats((0.12, 0.22, 0.32)), SeedStats((0.125, 0.13, 0.135))
+    check = no_worse("c", "resnet56", resnet56, "resnet20", resnet20, tolerance=0.01, higher=False)
+    assert check.verdict == INCONCLUSIVE and "resnet20 ahead by 9.00 points" in check.margin
+    assert no_worse("c", "resnet56", resnet20, "resnet20", resnet56, tolerance=0.01, higher=False).verdict == HOLDS
+    assert no_worse("c", "a", SeedStats((0.1,)), "b", resnet20, tolerance=0.01).verdict == INCONCLUSIVE
+
+
+def test_diverged_anywhere_names_a_setting_with_any_diverged_seed():
+    runs = [RunOutcome("selu", 0, "r/0", TRAINED, val_acc=0.9), RunOutcome("selu", 1, "r/1", DIVERGED),
+            RunOutcome("elu", 0, "r/2", TRAINED, val_acc=0.8)]
+    assert diverged_anywhere(runs, "selu") and not diverged_anywhere(runs, "elu")
+    assert not diverged_anywhere(runs, "relu")  # no run at all is not a diverged one
 
 
 # --- runs kept per setting and seed -----------------------------------------------------------
