@@ -23,6 +23,8 @@ RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
 SATURATING = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid)
 ACTIVATIONS = RELU_LIKE + SATURATING + (nn.GELU, QuickGELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Norm layers that can rescale what they are given to unit variance from the statistics they compute
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 SATURATION_MARGIN = 0.01  # a share of the output range: tanh within 0.02 of +-1 (sigmoid 0.01 of 0 or 1), gradient near 0
 
 
@@ -37,6 +39,9 @@ class LayerStats:
     grad_ratio: Optional[float] = None  # weighted layers: ||dL/dW|| / ||W||, the size of a unit-lr update
     classifier: bool = False  # the final classifier: small by design (logits near 0 at init)
     frozen: bool = False  # a conv or linear layer whose weight does not train (requires_grad off: model.freeze)
+    # a conv or linear layer whose output goes straight into a norm layer that normalises it by the statistics it
+    # computes (BatchNorm in training, GroupNorm, LayerNorm, InstanceNorm): its own scale reaches no later layer
+    normalised: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -47,6 +52,14 @@ def _saturated_share(module: nn.Module, out: torch.Tensor) -> float:
         low, high = -1.0, 1.0
     span = (high - low) * SATURATION_MARGIN
     return ((out <= low + span) | (out >= high - span)).float().mean().item()
+
+
+def _normalises(module: nn.Module) -> bool:
+    """Whether a norm layer divides by statistics of its input in this pass, rather than by fixed numbers
+    (BatchNorm and InstanceNorm on running statistics: eval mode, ``train.bn_eval``, frozen stages)."""
+    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        return module.training or not module.track_running_stats
+    return isinstance(module, NORMS)
 
 
 def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -62,6 +75,14 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     rows: list[LayerStats] = []
     by_module: dict[nn.Module, LayerStats] = {}
     hooks = []
+    # id of a weighted layer's output tensor -> (the tensor, its row), for this pass: a norm layer given that very
+    # tensor marks the row normalised. The tensor is held so that its id cannot pass to another while the pass runs.
+    outputs: dict[int, tuple[torch.Tensor, LayerStats]] = {}
+
+    def normalising(module: nn.Module, inputs) -> None:
+        held = outputs.get(id(inputs[0])) if inputs else None
+        if held is not None and held[0] is inputs[0] and _normalises(module):
+            held[1].normalised = True
 
     def record(name: str):
         def hook(module: nn.Module, inputs, output) -> None:
@@ -78,6 +99,8 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 row.saturated = _saturated_share(module, out)
             rows.append(row)
             by_module.setdefault(module, row)
+            if isinstance(module, WEIGHTED):
+                outputs[id(output)] = (output, row)
         return hook
 
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -89,6 +112,8 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for name, module in model.named_modules():
         if isinstance(module, WEIGHTED + ACTIVATIONS):
             hooks.append(module.register_forward_hook(record(name)))
+        if isinstance(module, NORMS):
+            hooks.append(module.register_forward_pre_hook(normalising))
     model.zero_grad(set_to_none=True)
     try:
         output = model(x)
@@ -98,6 +123,7 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+        outputs.clear()
     for module, row in by_module.items():
         if isinstance(module, WEIGHTED) and module.weight.grad is not None:
             weight_norm = module.weight.detach().norm().item()

@@ -181,24 +181,31 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
                            {"layers": [asdict(r) for r in rows], "flags": [], "frozen": frozen})
     if not weighted:
         return CheckResult("init_statistics", "WARN", "no conv or linear layer found", "", {"layers": []})
-    reference = weighted[0].std
-    if reference == 0:
-        # every output of the first weighted layer is the same number (zero weights): there is no scale to compare
-        # the others with, and the signal carries nothing from the images from here on
+    if weighted[0].std == 0:
+        # every output of the first weighted layer is the same number (zero weights): the signal carries nothing
+        # from the images from here on, whether a norm follows or not
         flags.append(("FAIL", f"activations are constant at {weighted[0].name} (std 0 at init): the layers after it "
                               "see no difference between images"))
+    # The scale the init gives a layer matters where the next layer sees it: a conv straight into BatchNorm (in
+    # training), GroupNorm or LayerNorm hands on the norm's unit scale, whatever its own (a ResNet's convs after
+    # the stem read normalised maps and sit 10-30x above the 1-channel stem's output). Those are not compared.
+    compared = [r for r in weighted if not r.normalised]
+    normalised = len(weighted) - len(compared)
+    reference = compared[0].std if compared else math.nan
+    first = "the first layer's" if compared and compared[0] is weighted[0] else (
+        f"{compared[0].name}'s (the first whose scale no norm sets)" if compared else "")
     for row in rows:
         if not (math.isfinite(row.mean) and math.isfinite(row.std)):
             flags.append(("FAIL", f"{row.name} outputs non-finite values"))
             continue
-        if row.name in {w.name for w in weighted} and reference > 0:
+        if row.name in {w.name for w in compared} and reference > 0:
             scale = row.std / reference
             row.extra["std_vs_first"] = scale
             off = max(scale, 1 / scale) if scale > 0 else math.inf
             if off >= th.std_warn:
                 word = "vanish" if scale < 1 else "explode"
                 flags.append(("FAIL" if off >= th.std_fail else "WARN",
-                              f"activations {word} at {row.name}: std {row.std:.3g} is {scale:.3g}x the first layer's"))
+                              f"activations {word} at {row.name}: std {row.std:.3g} is {scale:.3g}x {first}"))
         # shares strictly above their thresholds, as the docs state them (50% dead exactly is no flag)
         if row.dead is not None and row.dead > th.dead_warn:
             flags.append(("FAIL" if row.dead > th.dead_fail else "WARN",
@@ -221,10 +228,15 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
             high = max(weighted, key=lambda r: r.grad_ratio).name
             flags.append(("FAIL" if spread >= th.grad_spread_fail else "WARN",
                           f"relative gradients differ {spread:.3g}x between layers ({low} smallest, {high} largest)"))
-    stds = [r.extra["std_vs_first"] for r in weighted if "std_vs_first" in r.extra]
-    scales = (f"activation std {min(stds):.2g}x..{max(stds):.2g}x the first layer's" if stds else
-              "activation std not comparable (the first layer's is "
-              + ("0)" if reference == 0 else "not finite)"))
+    stds = [r.extra["std_vs_first"] for r in compared if "std_vs_first" in r.extra]
+    if not compared:
+        scales = "each feeds a norm that sets its scale, so no activation std is compared"
+    elif stds:
+        scales = f"activation std {min(stds):.2g}x..{max(stds):.2g}x {first}"
+    else:
+        scales = f"activation std not comparable ({first} is " + ("0)" if reference == 0 else "not finite)")
+    if compared and normalised:
+        scales += f" ({normalised} that feed a norm, which sets their scale, left out)"
     spread_text = (f"{spread:.3g}x" if math.isfinite(spread) else
                    "unbounded (a layer gets no gradient or a non-finite one)")
     layers = f"{len(weighted)} weighted layers" + (f" that train ({len(frozen)} frozen, left out)" if frozen else "")

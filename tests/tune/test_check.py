@@ -75,6 +75,40 @@ def test_small_init_vanishes_large_init_saturates_xavier_passes():
     assert xavier.verdict == "PASS", xavier.summary
 
 
+def test_a_layer_whose_output_a_norm_rescales_is_not_compared():
+    """The stem of a ResNet reads 1 channel, the convs after it read BatchNorm's unit-scale maps: their outputs sit
+    10-30x apart at a correct He init, and the BatchNorm after each hands the next layer unit scale whatever its
+    own. resnet18 with its He init and BatchNorm was told its activations explode and to add BatchNorm."""
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, in_chans=1)
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    rows = layer_statistics(model, x, y)
+    convs = [r for r in rows if r.kind == "Conv2d"]
+    assert convs and all(r.normalised for r in convs)
+    assert max(r.std for r in convs) / convs[0].std > 10  # the drift the check used to flag
+    result = judge_statistics(rows)
+    assert "explode" not in result.summary and "each feeds a norm that sets its scale" in result.summary
+    assert "model.norm=bn" not in result.remedy
+
+
+@pytest.mark.parametrize("norm, normalised", [
+    (lambda: nn.BatchNorm1d(64), True), (lambda: nn.LayerNorm(64), True), (lambda: nn.GroupNorm(4, 64), True),
+    (lambda: nn.BatchNorm1d(64).eval(), False),  # running statistics at init (mean 0, var 1): no rescaling
+    (lambda: nn.Sequential(nn.ReLU(), nn.BatchNorm1d(64)), False),  # the norm gets the ReLU's output
+])
+def test_only_a_norm_given_the_layer_s_own_output_that_rescales_it_counts(norm, normalised):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), norm(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    model[1].train = lambda mode=True: model[1]  # keep an eval() norm in eval mode while the pass trains
+    rows = {row.name: row for row in layer_statistics(model, torch.randn(16, 32), torch.randint(0, 10, (16,)))}
+    assert rows["0"].normalised is normalised and not rows["2"].normalised
+    result = judge_statistics(list(rows.values()))
+    if normalised:  # the second layer is the reference, named as such
+        assert "x 2's (the first whose scale no norm sets)" in result.summary and "1 that feed a norm" in result.summary
+
+
 def test_the_summary_speaks_of_the_unit_kinds_the_model_has():
     # A tanh network has no unit that can die: "dead ReLU units up to 0%" said nothing true about it
     xavier_tanh = stats_verdict(deep_tanh(math.sqrt(1.0 / 256) * 5 / 3)).summary
