@@ -216,7 +216,7 @@ def norm_batch_checks(outcomes: Sequence[RunOutcome], norms: Sequence[str], batc
         claim = (f"{norm.upper()} loses less than BN from its best batch to batch {smallest} "
                  "(test accuracy, per-seed drop)")
         if "bn" not in drops or norm not in drops:
-            checks.append(Check(claim, INCONCLUSIVE, "a norm has no finished run"))
+            checks.append(Check(claim, INCONCLUSIVE, "a norm has no batch size whose every seed finished"))
             continue
         checks.append(unless_learned(better(claim, f"{norm} drop (best batch {best[norm]})", drops[norm],
                                             f"bn drop (best batch {best['bn']})", drops["bn"], higher=False),
@@ -227,7 +227,7 @@ def norm_batch_checks(outcomes: Sequence[RunOutcome], norms: Sequence[str], batc
 def _bn_degrades(outcomes: Sequence[RunOutcome], best: Optional[int], smallest: int) -> Check:
     claim = f"BN degrades at small batches: its test accuracy at batch {smallest} is below its best batch's"
     if best is None:
-        return Check(claim, INCONCLUSIVE, "BN has no finished run")
+        return Check(claim, INCONCLUSIVE, "BN has no batch size whose every seed finished")
     at_small = seed_stats(outcomes, nb_setting("bn", smallest), "test_acc")
     if best == smallest:
         verdict = INCONCLUSIVE if at_small.n < MIN_SEEDS else FAILS

@@ -332,7 +332,8 @@ SCRATCH_VS_PRETRAINED = Experiment(
          "at most the margin (scratch ahead counts) and smaller than at the shortest, where all led by more than the "
          "margin; DOES NOT HOLD "
          "when it is above the margin at the longest; INCONCLUSIVE when at most the margin there but all did not lead "
-         "clearly at the shortest (no lead to close). (b) At the smallest size: HOLDS when all "
+         "clearly at the shortest (no lead to close) or its lead did not shrink. (b) At the smallest size: HOLDS "
+         "when all "
          "beats scratch by more than the margin at the longest budget; DOES NOT HOLD when scratch beats all by more "
          f"than it; INCONCLUSIVE within it. Fewer than {MIN_SEEDS} seeds, or a rung with fewer than {MIN_SEEDS} "
          "finished seeds, decide nothing (INCONCLUSIVE).",

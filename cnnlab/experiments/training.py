@@ -15,7 +15,14 @@ and its spread (the sample standard deviation), with at least :data:`MIN_SEEDS` 
   spreads and more than the experiment's minimum margin; DOES NOT HOLD when B is ahead by as much;
   INCONCLUSIVE in between, or with fewer than 3 seeds (tiny runs one).
 * "A and B are alike" (:func:`alike`) HOLDS when the means differ by at most the tolerance plus the
-  larger spread, DOES NOT HOLD otherwise; INCONCLUSIVE with fewer than 3 seeds.
+  larger spread and that spread is at most the tolerance; DOES NOT HOLD when they differ by more;
+  INCONCLUSIVE when two settings trained apart vary by more than the tolerance (``paired``: two
+  measurements of the same nets, which vary together, are not held to that), or with fewer than 3 seeds.
+* "A is no worse than B" (:func:`no_worse`) HOLDS when A is ahead, level, or behind by at most the larger
+  spread and at most the tolerance; DOES NOT HOLD when behind by more than the spread; INCONCLUSIVE in
+  between, or with fewer than 3 seeds.
+* A best setting by validation accuracy is picked among those none of whose seeds diverged
+  (:func:`diverged_anywhere`).
 * Nothing learned (:func:`unless_learned`): a comparison of settings that learned nothing compares two
   chance-level scores, whose difference is noise however it falls. A setting *learned* when its mean final
   validation accuracy is at least chance (1 / classes) plus :data:`LEARNED_MARGIN`; a HOLDS or DOES NOT
@@ -413,16 +420,20 @@ def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, 
     return Check(claim, INCONCLUSIVE, margin)
 
 
-# How every "alike" rule treats noise (:func:`alike`), said in each rule that uses it
-ALIKE_NOISE = ("INCONCLUSIVE when the larger spread is itself above the tolerance (the runs vary too much to call "
-               "them alike)")
+# How every "alike" rule of two settings trained apart treats noise (:func:`alike`), said in each rule that uses it
+ALIKE_NOISE = ("INCONCLUSIVE when they differ by less but the larger spread is itself above the tolerance (the runs "
+               "vary too much to call them alike)")
 
 
 def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, tolerance: float,
-          scale: float = 100.0, unit: str = " points") -> Check:
+          scale: float = 100.0, unit: str = " points", paired: bool = False) -> Check:
     """"A and B are alike": HOLDS when the means differ by at most ``tolerance`` plus the larger spread and that
     spread is at most ``tolerance``; DOES NOT HOLD when they differ by more; INCONCLUSIVE when the runs vary by
-    more than the tolerance (noise that wide could hide a real difference) or with fewer than MIN_SEEDS seeds."""
+    more than the tolerance (noise that wide could hide a real difference) or with fewer than MIN_SEEDS seeds.
+
+    ``paired``: A and B are two measurements of the same nets (a net's test pass and its sub-networks'
+    average; its accuracy on shifted and unshifted images). Their seed-to-seed spread is shared and cancels in
+    the difference, so it hides nothing there, and only the gap decides (the tolerance plus the spread)."""
     shown = f"{a_name} {a.text(scale)} vs {b_name} {b.text(scale)}"
     if min(a.n, b.n) < MIN_SEEDS:
         return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
@@ -433,7 +444,7 @@ def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, t
               f"(tolerance {tolerance * scale:.2f} + the larger spread)")
     if gap > allowed:
         return Check(claim, FAILS, margin)
-    if spread > tolerance + ROUNDING:  # a spread of exactly the tolerance is within it
+    if spread > tolerance + ROUNDING and not paired:  # a spread of exactly the tolerance is within it
         return Check(claim, INCONCLUSIVE, f"{margin}; the larger spread is above the tolerance: the runs vary too "
                                           "much to call them alike")
     return Check(claim, HOLDS, margin)
@@ -451,8 +462,9 @@ def no_worse(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *
     behind = (b.mean - a.mean) if higher else (a.mean - b.mean)
     spread = max(a.std, b.std)
     leader, lead = (b_name, behind) if behind > 0 else (a_name, -behind)
-    margin = (f"{shown}: {leader} ahead by {lead * scale:.2f}{unit}; {a_name} may be behind by at most the larger "
-              f"spread {spread * scale:.2f} and the tolerance {tolerance * scale:.2f}")
+    standing = f"{leader} ahead by {lead * scale:.2f}{unit}" if lead else "level"
+    margin = (f"{shown}: {standing}; {a_name} may be behind by at most the larger spread {spread * scale:.2f} and "
+              f"the tolerance {tolerance * scale:.2f}")
     if behind > spread:
         return Check(claim, FAILS, margin)
     if behind > tolerance + ROUNDING:  # exactly the tolerance is within it, float rounding aside

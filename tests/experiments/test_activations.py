@@ -273,3 +273,22 @@ def test_an_activation_that_diverged_on_some_seed_is_not_the_best():
     check = just_use_relu_check(outcomes, 0.1)
     assert "(elu)" in check.claim and check.verdict == HOLDS, check.margin
     assert best_by_validation(runs("selu", 0.90, 0.90, diverged=2)) is None
+    only_diverged = just_use_relu_check(runs("relu", 0.86, 0.86, diverged=1) + runs("elu", 0.87, 0.86, diverged=1),
+                                        0.1)
+    assert only_diverged.verdict == INCONCLUSIVE and "every activation diverged on some seed" in only_diverged.margin
+
+
+def test_relu_the_best_or_ahead_holds_whatever_the_spread():
+    """ReLU compared with itself (the best by validation) said INCONCLUSIVE when its test accuracy varied by more
+    than a point: a one-sided claim that cannot be behind holds."""
+    from cnnlab.experiments.training import TRAINED, RunOutcome
+
+    def runs(name, val, tests):
+        return [RunOutcome(name, seed, f"runs/{name}/seed{seed}", TRAINED, val_acc=val, test_acc=test)
+                for seed, test in enumerate(tests)]
+
+    relu_best = runs("relu", 0.9, (0.85, 0.867, 0.885)) + runs("elu", 0.8, (0.8, 0.8, 0.8))
+    check = just_use_relu_check(relu_best, 0.1)
+    assert "(relu)" in check.claim and check.verdict == HOLDS and "best by validation itself" in check.margin
+    ahead = just_use_relu_check(runs("relu", 0.8, (0.85, 0.87, 0.885)) + runs("elu", 0.9, (0.85, 0.862, 0.875)), 0.1)
+    assert "(elu)" in ahead.claim and ahead.verdict == HOLDS and "ReLU is not behind" in ahead.margin, ahead.margin

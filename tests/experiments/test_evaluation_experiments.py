@@ -224,6 +224,9 @@ def test_gain_size_rule():
     assert check(0.09, 0.1, 0.11).verdict == FAILS  # 10 points: far above 4
     assert check(0.005, 0.015, 0.001).verdict == INCONCLUSIVE  # 0.7 points, spread 0.7
     assert check(0.02, 0.02).verdict == INCONCLUSIVE  # two replicates
+    # 2.5 points, spread 6.8: inside the range by 1.5, which noise that wide could as well put outside
+    wide = check(-0.05, 0.03, 0.095)
+    assert wide.verdict == INCONCLUSIVE and "within the spread" in wide.margin, wide.margin
 
 
 def test_snapshot_and_tta_rules():

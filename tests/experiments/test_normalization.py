@@ -107,6 +107,20 @@ def test_norm_batch_rule_fails_when_bn_is_best_at_the_smallest_batch_or_gn_loses
     assert "is the smallest, 2" in checks[0].margin
 
 
+def test_a_batch_that_diverged_on_some_seed_is_not_the_best_and_is_named_so():
+    outcomes = accuracies({"bn-b2": [0.60, 0.61], "bn-b32": [0.80, 0.81, 0.82], "gn-b2": [0.78, 0.79],
+                           "gn-b32": [0.79, 0.80]})
+    outcomes += [run("bn-b32", 3, status=DIVERGED), run("bn-b2", 2, status=DIVERGED),
+                 run("gn-b2", 2, status=DIVERGED), run("gn-b32", 2, status=DIVERGED)]
+    assert nz.best_batch(outcomes, "bn", (2, 32)) is None  # each of BN's batches lost a seed
+    checks = nz.norm_batch_checks(outcomes, ("bn", "gn"), (2, 32), 0.1)
+    assert [c.verdict for c in checks] == [INCONCLUSIVE, INCONCLUSIVE]
+    assert "no batch size whose every seed finished" in checks[0].margin
+    assert "no batch size whose every seed finished" in checks[1].margin
+    kept = [o for o in outcomes if not (o.setting == "bn-b32" and o.status == DIVERGED)]
+    assert nz.best_batch(kept, "bn", (2, 32)) == 32  # the one that finished every seed
+
+
 def test_bn_lr_rule_on_made_up_runs():
     chance = 0.1
     outcomes = accuracies({

@@ -163,6 +163,21 @@ def test_no_worse_is_inconclusive_behind_by_more_than_the_tolerance_within_a_wid
     assert no_worse("c", "a", SeedStats((0.1,)), "b", resnet20, tolerance=0.01).verdict == INCONCLUSIVE
 
 
+def test_a_paired_alike_is_not_held_to_the_tolerance_by_the_shared_spread():
+    """A net's test pass and its sub-networks' average, per seed: 0.05 points apart on every net, with the nets
+    2 points apart. The spread is the nets', shared by both, and hides nothing in their difference."""
+    test_pass, average = SeedStats((0.78, 0.80, 0.82)), SeedStats((0.7805, 0.8005, 0.8205))
+    assert alike("c", "test pass", test_pass, "average", average, tolerance=0.01).verdict == INCONCLUSIVE
+    paired = alike("c", "test pass", test_pass, "average", average, tolerance=0.01, paired=True)
+    assert paired.verdict == HOLDS, paired.margin
+    assert alike("c", "a", test_pass, "b", SeedStats((0.9, 0.92, 0.94)), tolerance=0.01, paired=True).verdict == FAILS
+
+
+def test_no_worse_says_level_for_equal_means():
+    level = no_worse("c", "a", SeedStats((0.9, 0.91, 0.92)), "b", SeedStats((0.92, 0.91, 0.9)), tolerance=0.01)
+    assert level.verdict == HOLDS and ": level;" in level.margin and "-0.00" not in level.margin
+
+
 def test_diverged_anywhere_names_a_setting_with_any_diverged_seed():
     runs = [RunOutcome("selu", 0, "r/0", TRAINED, val_acc=0.9), RunOutcome("selu", 1, "r/1", DIVERGED),
             RunOutcome("elu", 0, "r/2", TRAINED, val_acc=0.8)]

@@ -131,6 +131,20 @@ def test_different_cells():
     assert checks_for("different", {10: gain, 100: large_bad}) == [FAILS, FAILS]
 
 
+def test_scratch_tied_far_behind_within_a_wide_spread_does_not_hold_the_different_little_cell():
+    # scratch 88% +- 9 against top 95% +- 1: "tied" by the ladder's one-std rule, 7 points behind
+    noisy = rungs((0.88, 0.09), (0.86, 0.02), (0.95, 0.01), (0.70, 0.02))
+    summary = table({10: noisy, 100: rungs((0.95, 0.01), (0.90, 0.01), (0.91, 0.01), (0.95, 0.01))})
+    little = ladder.verdicts(summary, [10, 100], "different")[0]
+    assert "scratch" in little.tied
+    check = experiment.verdict_check("different", "data", little, summary, 3)
+    assert check.verdict == INCONCLUSIVE and "7.0 points behind the best" in check.margin, check.margin
+    # within a point of the best it ties for it
+    close = rungs((0.945, 0.02), (0.86, 0.02), (0.95, 0.01), (0.70, 0.02))
+    assert checks_for("different", {10: close, 100: rungs((0.95, 0.01), (0.9, 0.01), (0.91, 0.01), (0.95, 0.01))}
+                      )[0] == HOLDS
+
+
 # ---------------------------------------------------------------------------------------------
 # refused data
 
