@@ -38,6 +38,7 @@ from cnnlab.train.distributed import (
     is_main_process,
     is_timeout,
     joined_process_group,
+    launch_problem,
     launched_processes,
     timeout_text,
 )
@@ -2531,6 +2532,9 @@ def _main(argv: Optional[list[str]]) -> None:
     try:
         args = expand_home(sys.argv[1:] if argv is None else argv)
         refuse_empty_paths(args)
+        launch = launch_problem()  # WORLD_SIZE, RANK left set and wrong by a shell or another launcher
+        if launch:
+            raise CnnlabError(launch)
         try:
             with _missing_glyphs_noted_once():
                 _run_app(args)

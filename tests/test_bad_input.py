@@ -424,6 +424,30 @@ def test_an_unexpected_error_is_one_line_with_a_pointer_to_debug(cli, monkeypatc
     assert "this is a bug in cnnlab, not a problem with your input" in err
 
 
+@pytest.mark.parametrize("env, said", [
+    ({"WORLD_SIZE": "x"}, "WORLD_SIZE='x' is not a number of processes"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' is not a number of processes"),
+    ({"WORLD_SIZE": "2"}, "but RANK is not set"),  # another launcher's variables, or a shell's leftovers
+    ({"WORLD_SIZE": "2", "RANK": "abc"}, "RANK is 'abc', not a process number from 0 to 1"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK is '2', not a process number from 0 to 1"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "LOCAL_RANK is '-1'"),
+])
+def test_torchrun_s_variables_set_wrong_are_refused_in_words(cli, monkeypatch, env, said):
+    """WORLD_SIZE=x printed two tracebacks (the error handler read it again); WORLD_SIZE=2 without RANK was an
+    internal error in train and "torchrun started 2" in summary."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = cli(["summary", "lenet5"])
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert said in err and "torchrun --nproc-per-node N -m cnnlab" in err and "unset WORLD_SIZE" in err
+
+
+def test_world_size_1_is_one_process(cli, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, out, err = cli(["summary", "lenet5"])
+    assert code == 0 and "total" in out.lower(), err
+
+
 def test_an_unexpected_error_under_torchrun_points_first_to_another_process(cli, monkeypatch):
     """A rank whose peer died meets torch's error in the next collective: the line says that this usually
     follows another process's failure instead of calling it a bug in cnnlab outright."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from cnnlab.errors import CnnlabError
 
@@ -44,14 +44,47 @@ class DistInfo:
         return self.rank == 0
 
 
+def _whole_number(name: str) -> Optional[int]:
+    """The environment variable ``name`` as a whole number of at least 0; None when unset or not one."""
+    text = os.environ.get(name, "").strip()
+    return int(text) if text.isdigit() else None
+
+
 def is_main_process() -> bool:
-    """Rank 0 of a torchrun launch, or a single process: the one that writes the run folder."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 of a torchrun launch, or a single process: the one that writes the run folder. A RANK that is no
+    number reads as 0 here, where an error is being reported: :func:`launch_problem` refuses it up front."""
+    return (_whole_number("RANK") or 0) == 0
 
 
 def launched_processes() -> int:
-    """How many processes torchrun started for this command (WORLD_SIZE); 1 without torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """How many processes torchrun started for this command (WORLD_SIZE); 1 without torchrun, or for a WORLD_SIZE
+    that is no number of processes (:func:`launch_problem` refuses it before the command runs)."""
+    return max(_whole_number("WORLD_SIZE") or 1, 1)
+
+
+def launch_problem() -> Optional[str]:
+    """What is wrong with the variables torchrun sets for each process it starts (WORLD_SIZE, RANK, LOCAL_RANK),
+    when another launcher or a shell left them set and wrong; None when they describe one process or a launch."""
+    start = ("start the command with torchrun (torchrun --nproc-per-node N -m cnnlab ...), which sets WORLD_SIZE, "
+             "RANK and LOCAL_RANK for each process it starts, or unset WORLD_SIZE to run one process")
+    world_text = os.environ.get("WORLD_SIZE")
+    if world_text is None:
+        return None
+    world = _whole_number("WORLD_SIZE")
+    if world is None or world < 1:
+        return f"WORLD_SIZE={world_text!r} is not a number of processes: {start}."
+    if world == 1:
+        return None
+    for name, bound in (("RANK", world), ("LOCAL_RANK", world)):
+        text = os.environ.get(name)
+        value = _whole_number(name)
+        if text is None and name == "LOCAL_RANK":
+            continue  # torch's default, 0, serves a CPU launch
+        if value is None or value >= bound:
+            said = "is not set" if text is None else f"is {text!r}, not a process number from 0 to {bound - 1}"
+            return (f"WORLD_SIZE={world_text} asks for {world} processes, but {name} {said}: cnnlab runs as several "
+                    f"processes only under torchrun. To fix it, {start}.")
+    return None
 
 
 # The environment variable that sets how long a collective waits for the other ranks, in seconds.
@@ -107,7 +140,10 @@ def init_distributed(device: torch.device) -> DistInfo:
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=timeout_seconds())  # checked before any process waits for another
-    info = DistInfo(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    problem = launch_problem()  # checked by the command line first; again for a caller of the Python API
+    if problem:
+        raise CnnlabError(problem)
+    info = DistInfo(rank=_whole_number("RANK") or 0, world=world, local_rank=_whole_number("LOCAL_RANK") or 0)
     if device.type == "cuda":
         # One GPU per process: "cuda" (no index) then means this rank's GPU, for tensors and for DDP.
         torch.cuda.set_device(info.local_rank)
