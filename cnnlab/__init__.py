@@ -19,12 +19,22 @@ __version__ = "0.1.0"
 
 
 def cache_root() -> Path:
-    """Where cnnlab keeps downloads, statistics and parameter counts: $CNNLAB_CACHE, else ~/.cache/cnnlab.
+    """Where cnnlab keeps downloads, statistics and parameter counts: $CNNLAB_CACHE, else ~/.cache/cnnlab, else
+    (a user with no home: HOME unset and no passwd entry, as in `docker run --user 12345`) a folder of this
+    user's in the temporary folder.
 
     Defined here, at the root every module already imports, so that the data sources and the model
     zoo share one rule without either importing the other.
     """
-    return Path(os.environ.get("CNNLAB_CACHE") or Path.home() / ".cache" / "cnnlab")
+    given = os.environ.get("CNNLAB_CACHE")
+    if given:
+        return Path(given)
+    try:
+        return Path.home() / ".cache" / "cnnlab"
+    except (RuntimeError, KeyError):  # Path.home(): "Could not determine home directory."
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / f"cnnlab-cache-{os.getuid()}"
 
 
 # public name -> the module that defines it

@@ -8,8 +8,10 @@ torch's modules. The speed is bench/train_throughput.py's to measure (docs/speed
 
 import copy
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -631,3 +633,39 @@ def test_pairs_whose_batchnorm_train_bn_eval_keeps_in_eval_mode_are_not_counted(
     if counted_pairs == 0:
         with pytest.raises(CnnlabError, match="or train.bn_eval keeps each in eval mode"):
             engine.resolve_fused_norm_act("on", torch.device("cpu"), None, True, model, in_eval=in_eval)
+
+
+def test_a_failed_build_says_why_not_the_compiler_s_command_line():
+    """torch's message starts with the whole command line: cut at 300 characters, the note said
+    "[1/2] c++ -MMD -MF ... -isystem /work/main/.venv/lib/python3.11/site-pa" and never "c++: not found"."""
+    command = "[1/2] c++ -MMD -MF fused_norm_act.o.d " + " ".join(f"-isystem /long/include/path/{i}" for i in range(40))
+    message = (f"Error building extension 'cnnlab_fused_norm_act_0bc099b7': {command}\n"
+               "/bin/sh: 1: c++: not found\nninja: build stopped: subcommand failed.\n")
+    said = fused.build_failure(message)
+    assert said == "Error building extension 'cnnlab_fused_norm_act_0bc099b7'; /bin/sh: 1: c++: not found"
+    assert fused.build_failure("[Errno 28] No space left on device") == "[Errno 28] No space left on device"
+    assert len(fused.build_failure("x" * 1000)) == fused.REASON_CHARS
+
+
+def test_a_user_without_a_home_builds_and_caches_under_the_temporary_folder(monkeypatch, tmp_path):
+    """HOME unset and no passwd entry (docker run --user 12345): Path.home() raised, an internal error in train,
+    models and data stats, and torch's default ~/.cache/torch_extensions became a folder named '~' here."""
+    import pwd
+    import tempfile
+
+    import cnnlab
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("CNNLAB_CACHE", raising=False)
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert cnnlab.cache_root() == tmp_path / f"cnnlab-cache-{os.getuid()}"
+    folder = fused._build_directory("kernel")
+    assert folder == str(tmp_path / f"cnnlab-cache-{os.getuid()}" / "torch_extensions" / "kernel")
+    assert Path(folder).is_dir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fused._build_directory("kernel") is None  # torch's own choice where there is a home

@@ -51,8 +51,10 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
@@ -116,20 +118,57 @@ def load(verbose: bool = False) -> tuple[object, float]:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
+    name = f"cnnlab_fused_norm_act_{_cpu_tag()}"
     start = time.perf_counter()
     try:
-        _kernel = load_extension(
-            name=f"cnnlab_fused_norm_act_{_cpu_tag()}",
-            sources=[str(SOURCE)],
-            # -fopenmp: ATen's parallel_for is OpenMP in the headers, and without it runs on one thread
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=verbose,
-        )
+        # torch's builder warns that "your compiler is not compatible" whenever it cannot ask the compiler its
+        # version, a missing compiler included: the build's own failure, below, says what is wrong
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            builder_log.setLevel(logging.ERROR)
+            _kernel = load_extension(
+                name=name,
+                sources=[str(SOURCE)],
+                # -fopenmp: ATen's parallel_for is OpenMP in the headers, and without it runs on one thread
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=_build_directory(name),
+                verbose=verbose,
+            )
     except Exception as err:  # a missing compiler or ninja, a failed build: all mean "not here"
-        _failure = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        _failure = f"{type(err).__name__}: {build_failure(str(err))}"
         raise FusedKernelUnavailable(_failure) from err
+    finally:
+        builder_log.setLevel(level)
     return _kernel, time.perf_counter() - start
+
+
+# The lines of a failed build that say why (torch's message starts with the compiler's whole command line, a
+# thousand characters of flags before "c++: not found")
+_REASON_WORDS = re.compile(r"not found|error|fatal|no space|permission denied|cannot|no such file|killed", re.I)
+REASON_CHARS = 300  # of a failed build's reason, in the note the run prints
+
+
+def build_failure(message: str) -> str:
+    """The part of a failed build's message that says why: its lines that name an error, else its first line."""
+    lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()]
+    # "Error building extension 'NAME': [1/2] c++ ...": the name, without the command line after it
+    lines = [re.sub(r"^(Error building extension '[^']*'): \[\d+/\d+\] .*", r"\1", line) for line in lines]
+    reasons = [line for line in lines if _REASON_WORDS.search(line) and not line.startswith("[")]
+    text = "; ".join(dict.fromkeys(reasons)) if reasons else (lines[0] if lines else "")
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 3] + "..."
+
+
+def _build_directory(name: str) -> Optional[str]:
+    """Where the kernel is built: torch's own choice (None), but for a user with no home folder, where torch's
+    default ``~/.cache/torch_extensions`` would be made as a folder named ``~`` in the current directory."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~") != "~":
+        return None
+    from cnnlab import cache_root
+
+    folder = cache_root() / "torch_extensions" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def active() -> bool:
