@@ -2532,7 +2532,7 @@ def _main(argv: Optional[list[str]]) -> None:
     try:
         args = expand_home(sys.argv[1:] if argv is None else argv)
         refuse_empty_paths(args)
-        launch = launch_problem()  # WORLD_SIZE, RANK left set and wrong by a shell or another launcher
+        launch = launch_problem() or _plot_backend_problem()  # the environment's settings, before any work
         if launch:
             raise CnnlabError(launch)
         try:
@@ -2555,7 +2555,8 @@ def _main(argv: Optional[list[str]]) -> None:
         _let_rank_0_report_first()
         if _state["debug"]:
             raise
-        problem = path_problem(err) or _full_disk_problem(err) or _memory_problem(err, args[:1])
+        problem = (path_problem(err) or _full_disk_problem(err) or _memory_problem(err, args[:1])
+                   or _library_memory_problem(err))
         if problem:  # a path the system refused (permissions, a name too long), a full disk, memory: not a bug
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
@@ -2677,6 +2678,38 @@ def _full_disk_problem(err: BaseException) -> str:
 
 
 # torch's CPU allocator refusing an allocation raises a plain RuntimeError; this is its message's own wording
+def _plot_backend_problem() -> str:
+    """The message for an MPLBACKEND that matplotlib refuses at import: every command that draws (train's curves,
+    eval's plots) would fail there, a training run after its last epoch. '' when unset or one matplotlib takes."""
+    value = os.environ.get("MPLBACKEND")
+    if not value:
+        return ""
+    try:
+        import matplotlib  # noqa: F401  (reading MPLBACKEND is part of its import)
+    except ValueError as err:
+        said = " ".join(str(err).split(";")[0].split())[:200]  # the list of backends after ";" runs long
+        return (f"MPLBACKEND={value!r} is not a backend matplotlib knows ({said}), and "
+                "matplotlib, which draws cnnlab's plots to PNG files, refuses to load with it. Unset MPLBACKEND, or "
+                "set it to Agg (cnnlab needs no display).")
+    return ""
+
+
+def _library_memory_problem(err: BaseException) -> str:
+    """The message for a library the system could not map into memory (torch's, under a small `ulimit -v`); ''
+    for any other error."""
+    text = str(err)
+    if not (isinstance(err, (ImportError, OSError)) and ("failed to map segment" in text
+                                                          or "cannot allocate memory" in text.lower())):
+        return ""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    limit = ("no limit is set (ulimit -v), so the machine's free memory is short" if soft == resource.RLIM_INFINITY
+             else f"this process may use at most {soft / 2 ** 30:.1f} GiB of address space (ulimit -v {soft // 1024})")
+    return (f"out of memory loading a library ({' '.join(text.split())[:200]}): {limit}, less than torch's libraries "
+            "need to load (a few GiB of address space). Raise the limit (ulimit -v unlimited) or free memory.")
+
+
 def _memory_problem(err: BaseException, command: Sequence[str] = ()) -> str:
     """The message for memory the machine or the GPU could not give (a batch or an image size too large for it:
     :func:`cnnlab.errors.is_out_of_memory`); '' for any other error. ``command``: the command's first word, whose

@@ -442,6 +442,34 @@ def test_torchrun_s_variables_set_wrong_are_refused_in_words(cli, monkeypatch, e
     assert said in err and "torchrun --nproc-per-node N -m cnnlab" in err and "unset WORLD_SIZE" in err
 
 
+def test_a_plot_backend_matplotlib_refuses_is_said_before_any_work():
+    """MPLBACKEND=bogus: a training run trained every epoch, then ended with an internal error at its curves (the
+    run recorded as failed, no report). A fresh process: matplotlib reads MPLBACKEND when first imported."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MPLBACKEND": "bogus"}
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "summary", "lenet5"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: MPLBACKEND='bogus' is not a backend matplotlib knows")
+    assert "set it to Agg" in done.stderr and done.stdout == ""
+
+
+def test_a_library_the_memory_limit_cannot_map_is_out_of_memory_not_a_bug(cli, monkeypatch):
+    """Under `ulimit -v` below what torch's libraries need, loading them was an internal error."""
+    from cnnlab import models
+
+    def unmappable(*args, **kwargs):
+        raise ImportError("libtorch_cpu.so: failed to map segment from shared object")
+
+    monkeypatch.setattr(models, "zoo_table", unmappable)
+    code, out, err = cli(["models"])
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("error: out of memory loading a library (libtorch_cpu.so: failed to map segment")
+    assert "ulimit -v" in err
+
+
 def test_world_size_1_is_one_process(cli, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     code, out, err = cli(["summary", "lenet5"])
