@@ -122,6 +122,11 @@ DISTRIBUTED_COMMAND = "train"
 def _options(ctx: typer.Context,
              debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
     _state["debug"] = debug
+    # the environment's settings, before any work: WORLD_SIZE and RANK left set and wrong by a shell or another
+    # launcher, a plot backend matplotlib refuses
+    problem = launch_problem() or _plot_backend_problem()
+    if problem:
+        raise CnnlabError(problem)
     _refuse_under_torchrun(ctx.invoked_subcommand)
 
 
@@ -2532,9 +2537,6 @@ def _main(argv: Optional[list[str]]) -> None:
     try:
         args = expand_home(sys.argv[1:] if argv is None else argv)
         refuse_empty_paths(args)
-        launch = launch_problem() or _plot_backend_problem()  # the environment's settings, before any work
-        if launch:
-            raise CnnlabError(launch)
         try:
             with _missing_glyphs_noted_once():
                 _run_app(args)
@@ -2788,7 +2790,7 @@ def _let_rank_0_report_first() -> None:
     print shows once. Every rank runs the same command and meets the same bad input; rank 0 says it and exits with
     its code, and torchrun then ends the others while they wait here. A rank whose error rank 0 did not meet (rank 0
     then waits for this one in a collective) still says it after the wait. A Ctrl-C in the wait ends it quietly."""
-    if launched_processes() <= 1 or is_main_process():
+    if launched_processes() <= 1 or is_main_process() or launch_problem():  # a broken launch has no rank 0 to wait for
         return
     import time
 

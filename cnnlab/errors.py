@@ -6,8 +6,10 @@ traceback.
 """
 
 
+import codecs
 import json
 import math
+import os
 import numbers
 import re
 import sys
@@ -287,14 +289,27 @@ SURROGATE_BYTES = (0xDC80, 0xDCFF)  # the code points that range covers
 
 
 def is_utf8(text: str) -> bool:
-    """Whether ``text`` (a path or name read from disk) is valid UTF-8: a name written in another encoding
-    reaches Python as lone surrogates (PEP 383), which UTF-8 cannot encode. The one test of it, for every
-    check that refuses such a path (cnnlab.io.check_utf8_path, the checkpoint reader)."""
+    """Whether ``text`` (a path or name) names the same file as UTF-8 text as Python names it: the libraries that
+    take a path as UTF-8 text (safetensors, TorchScript, ONNX) then open the file Python's own calls do. A name
+    written in another encoding reaches Python as lone surrogates (PEP 383), which UTF-8 cannot encode; under a
+    locale that is not UTF-8 (ISO-8859-1, C without Python's UTF-8 mode) a non-ASCII name has other bytes on
+    disk than its UTF-8 text, and such a library wrote a second file, by another name. The one test of it, for
+    every check that refuses such a path (cnnlab.io.check_utf8_path, the checkpoint reader)."""
     try:
-        text.encode("utf-8")
+        return text.encode("utf-8") == os.fsencode(text)
     except UnicodeEncodeError:
         return False
-    return True
+
+
+def not_utf8_text() -> tuple[str, str]:
+    """(why :func:`is_utf8` refused a path, to follow "'NAME' is ", and what to do), for the refusals' messages."""
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name != "utf-8":
+        return (f"a non-ASCII name, and this process reads file names as {encoding} (its locale, LC_ALL or LANG, is "
+                "not UTF-8), while the libraries that write and read models take them as UTF-8 and would reach "
+                "another file", "Run cnnlab in a UTF-8 locale (LC_ALL=C.UTF-8, or PYTHONUTF8=1), or use an ASCII name.")
+    return ("not valid UTF-8 (a name written in another encoding)",
+            "Choose a UTF-8 name (or rename the folder, or give a link to it that has a UTF-8 name).")
 
 
 def display_class(name: str) -> str:

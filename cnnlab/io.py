@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 # display_name: how every message shows a name that is not UTF-8; is_utf8: whether a path is
-from cnnlab.errors import CnnlabError, display_name, is_utf8
+from cnnlab.errors import CnnlabError, display_name, is_utf8, not_utf8_text
 
 # The advice a failed write ends with; a run that had saved a checkpoint says how to resume it instead (cnnlab.cli)
 WRITE_ADVICE = "Choose a writable folder with free space."
@@ -292,9 +292,8 @@ def check_utf8_path(path: str | Path, option: str, why: str) -> None:
     """
     text = str(path)
     if not is_utf8(text):
-        raise CnnlabError(f"{option} '{display_name(text)}' is not valid UTF-8 (a name written in another "
-                          f"encoding). {why}: nothing was written. Choose a UTF-8 name (or rename the folder, or "
-                          "give a link to it that has a UTF-8 name).")
+        reason, advice = not_utf8_text()
+        raise CnnlabError(f"{option} '{display_name(text)}' is {reason}. {why}: nothing was written. {advice}")
 
 
 # Why an output needs a UTF-8 path: every command prints what it wrote where, and the reports record it.

@@ -470,6 +470,25 @@ def test_a_library_the_memory_limit_cannot_map_is_out_of_memory_not_a_bug(cli, m
     assert "ulimit -v" in err
 
 
+def test_a_non_ascii_output_name_under_a_locale_that_is_not_utf8_is_refused_saying_so(tmp_path):
+    """Under ISO-8859-1, `export --out mé.torchscript` exited 0 with a 0-byte file by that name (TorchScript wrote
+    the UTF-8 name, Python the ISO-8859-1 one) and a run at `--out rün` could not be read back; under C without
+    Python's UTF-8 mode the same names were refused as "not valid UTF-8", which they are. A locale whose file
+    names are ASCII (C, UTF-8 mode off) stands in for any that is not UTF-8."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    encoding = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"], env=env,
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+    assert encoding == "ascii"  # the premise: this Python reads file names as ASCII there
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--model", "lenet5", "--data", "digits",
+                           "--out", "rün"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "reads file names as ascii" in done.stderr and "LC_ALL=C.UTF-8" in done.stderr
+    assert "not valid UTF-8" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
 def test_world_size_1_is_one_process(cli, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     code, out, err = cli(["summary", "lenet5"])

@@ -53,7 +53,7 @@ import torch
 
 from cnnlab.devices import resolve_device
 from cnnlab.errors import (CnnlabError, InputTooSmallError, display_class, display_name, is_finite_number, is_utf8,
-                           shown_value)
+                           not_utf8_text, shown_value)
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from cnnlab.models._base import load_state
@@ -685,9 +685,9 @@ def _refuse_non_safetensors(path: Path) -> None:
                           "so it is not a checkpoint. Name a .safetensors file.")
     if not is_utf8(str(path)):
         # safetensors opens a path given as UTF-8 text only; its refusal would read as a damaged file
-        raise CnnlabError(f"The checkpoint path '{display_name(str(path))}' is not valid UTF-8 (a name written in "
-                          "another encoding), and the safetensors library opens UTF-8 paths only: the file was not "
-                          "read. Rename the folder or file to a UTF-8 name, or give a link to it that has one.")
+        reason, advice = not_utf8_text()
+        raise CnnlabError(f"The checkpoint path '{display_name(str(path))}' is {reason}, and the safetensors library "
+                          f"opens UTF-8 paths only: the file was not read. {advice}")
     try:
         with open(path, "rb") as handle:
             start = handle.read(9)
