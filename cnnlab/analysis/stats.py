@@ -9,6 +9,8 @@ its weight gradient relative to its weights.
 
 from __future__ import annotations
 
+import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -62,6 +64,36 @@ def _normalises(module: nn.Module) -> bool:
     return isinstance(module, NORMS)
 
 
+def _consumers(root) -> Counter:
+    """How many uses each autograd node's output has in the graph that ends at ``root`` (a node used twice by
+    one operation, as in x + x, counts twice)."""
+    uses: Counter = Counter()
+    seen, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for following, _ in node.next_functions:
+            if following is not None:
+                uses[following] += 1
+                stack.append(following)
+    return uses
+
+
+def _classifier(model: nn.Module) -> Optional[nn.Module]:
+    """The model's main classifier layer (small on purpose at init), for the zoo's and torchvision's models alike;
+    None for a model whose head cannot be found."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models.stages import classifier_names
+
+    try:
+        names = classifier_names(model)
+    except CnnlabError:
+        return None
+    return dict(model.named_modules()).get(names[0]) if names else None
+
+
 def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                      train_mode: Optional[Callable[[nn.Module], None]] = None) -> list[LayerStats]:
     """Statistics of every weighted and activation layer for one batch, in forward order.
@@ -75,14 +107,17 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     rows: list[LayerStats] = []
     by_module: dict[nn.Module, LayerStats] = {}
     hooks = []
-    # id of a weighted layer's output tensor -> (the tensor, its row), for this pass: a norm layer given that very
-    # tensor marks the row normalised. The tensor is held so that its id cannot pass to another while the pass runs.
-    outputs: dict[int, tuple[torch.Tensor, LayerStats]] = {}
+    # id of a weighted layer's output tensor -> (a weak reference to it, its row, its autograd node), for this
+    # pass: a norm layer given that very tensor makes the row a candidate for `normalised`. Weak: holding every
+    # output to the end of the pass would keep maps alive that nothing else needs (vgg11's peak rose 21%); a
+    # dead reference cannot match a new tensor that took its id.
+    outputs: dict[int, tuple[weakref.ref, LayerStats, object]] = {}
+    fed_to_norm: list[tuple[LayerStats, object]] = []  # (row, the layer's output node) whose output a norm took
 
     def normalising(module: nn.Module, inputs) -> None:
         held = outputs.get(id(inputs[0])) if inputs else None
-        if held is not None and held[0] is inputs[0] and _normalises(module):
-            held[1].normalised = True
+        if held is not None and held[0]() is inputs[0] and _normalises(module):
+            fed_to_norm.append((held[1], held[2]))
 
     def record(name: str):
         def hook(module: nn.Module, inputs, output) -> None:
@@ -100,10 +135,10 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             rows.append(row)
             by_module.setdefault(module, row)
             if isinstance(module, WEIGHTED):
-                outputs[id(output)] = (output, row)
+                outputs[id(output)] = (weakref.ref(output), row, output.grad_fn)
         return hook
 
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    classifier = _classifier(model)
     was_training = model.training
     if train_mode is None:
         model.train()
@@ -118,12 +153,19 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     try:
         output = model(x)
         logits = output.logits if hasattr(output, "logits") else output
-        F.cross_entropy(logits.float(), y).backward()
+        loss = F.cross_entropy(logits.float(), y)
+        # A layer is normalised when the norm is the only thing its output feeds: a pre-activation ResNet's stem
+        # feeds its first block's norm and, past it, the block's identity shortcut, which carries its scale on
+        consumers = _consumers(loss.grad_fn)
+        for row, node in fed_to_norm:
+            row.normalised = node is not None and consumers[node] == 1
+        loss.backward()
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
         outputs.clear()
+        fed_to_norm.clear()
     for module, row in by_module.items():
         if isinstance(module, WEIGHTED) and module.weight.grad is not None:
             weight_norm = module.weight.detach().norm().item()

@@ -186,14 +186,18 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
         # from the images from here on, whether a norm follows or not
         flags.append(("FAIL", f"activations are constant at {weighted[0].name} (std 0 at init): the layers after it "
                               "see no difference between images"))
-    # The scale the init gives a layer matters where the next layer sees it: a conv straight into BatchNorm (in
-    # training), GroupNorm or LayerNorm hands on the norm's unit scale, whatever its own (a ResNet's convs after
-    # the stem read normalised maps and sit 10-30x above the 1-channel stem's output). Those are not compared.
+    # The scale the init gives a layer matters where the next layer sees it: a conv whose output feeds only a
+    # BatchNorm (in training), GroupNorm or LayerNorm hands on the norm's unit scale, whatever its own (a ResNet's
+    # convs after the stem read normalised maps and sit 10-30x above the 1-channel stem's output). Those are not
+    # compared; one whose output also goes past the norm (a pre-activation ResNet's stem, into the shortcut) is.
     compared = [r for r in weighted if not r.normalised]
     normalised = len(weighted) - len(compared)
     reference = compared[0].std if compared else math.nan
     first = "the first layer's" if compared and compared[0] is weighted[0] else (
-        f"{compared[0].name}'s (the first whose scale no norm sets)" if compared else "")
+        f"{compared[0].name}'s (the first layer compared)" if compared else "")
+    if reference == 0 and compared[0] is not weighted[0]:  # the first layer's own constant output is flagged above
+        flags.append(("FAIL", f"activations are constant at {compared[0].name} (std 0 at init): the layers after it "
+                              "see no difference between images"))
     for row in rows:
         if not (math.isfinite(row.mean) and math.isfinite(row.std)):
             flags.append(("FAIL", f"{row.name} outputs non-finite values"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.analysis.stats import layer_statistics
+from cnnlab.analysis.stats import LayerStats, layer_statistics
 from cnnlab.config import RunConfig
 from cnnlab.models import create_model
 from cnnlab.tune.check import (balanced_sample, initial_loss, judge_initial_loss, judge_overfit, judge_statistics,
@@ -106,7 +106,44 @@ def test_only_a_norm_given_the_layer_s_own_output_that_rescales_it_counts(norm, 
     assert rows["0"].normalised is normalised and not rows["2"].normalised
     result = judge_statistics(list(rows.values()))
     if normalised:  # the second layer is the reference, named as such
-        assert "x 2's (the first whose scale no norm sets)" in result.summary and "1 that feed a norm" in result.summary
+        assert "x 2's (the first layer compared)" in result.summary and "1 that feed a norm" in result.summary
+
+
+def test_a_layer_whose_output_also_goes_past_the_norm_is_compared():
+    """A pre-activation ResNet's stem feeds its first block's norm and, past it, the identity shortcut: its scale
+    reaches every later block, and a stem initialised 100x too large was no longer said to be."""
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("preact_resnet20", num_classes=10, in_chans=1)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        stem.weight.mul_(100)
+    rows = layer_statistics(model, torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,)))
+    convs = [r for r in rows if r.kind == "Conv2d"]
+    assert not convs[0].normalised and convs[1].normalised  # the stem also feeds the shortcut; conv1 only its norm
+    result = judge_statistics(rows)
+    assert result.verdict != "PASS" and "the first layer's" in result.summary, result.summary
+
+
+def test_a_torchvision_model_s_classifier_is_known_and_left_out():
+    """torchvision's models have no get_classifier(): their fc was compared as a hidden layer, and with every
+    BatchNorm conv left out it became the reference, compared with itself."""
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tv:resnet18", num_classes=10, in_chans=1)
+    rows = layer_statistics(model, torch.randn(4, 1, 32, 32), torch.randint(0, 10, (4,)))
+    assert [r.name for r in rows if r.classifier] == ["fc"]
+    result = judge_statistics(rows)
+    assert "fc's" not in result.summary and "each feeds a norm that sets its scale" in result.summary, result.summary
+
+
+def test_a_constant_reference_layer_is_flagged():
+    rows = [LayerStats("0", "Linear", 0.0, 1.0, grad_ratio=0.1, normalised=True),
+            LayerStats("2", "Linear", 0.0, 0.0, grad_ratio=0.1), LayerStats("4", "Linear", 0.0, 1.0, grad_ratio=0.1)]
+    result = judge_statistics(rows)
+    assert result.verdict == "FAIL" and "activations are constant at 2" in result.summary, result.summary
 
 
 def test_the_summary_speaks_of_the_unit_kinds_the_model_has():
