@@ -16,8 +16,8 @@ and its spread (the sample standard deviation), with at least :data:`MIN_SEEDS` 
   INCONCLUSIVE in between, or with fewer than 3 seeds (tiny runs one).
 * "A and B are alike" (:func:`alike`) HOLDS when the means differ by at most the tolerance plus the
   larger spread and that spread is at most the tolerance; DOES NOT HOLD when they differ by more;
-  INCONCLUSIVE when two settings trained apart vary by more than the tolerance (``paired``: two
-  measurements of the same nets, which vary together, are not held to that), or with fewer than 3 seeds.
+  INCONCLUSIVE when the runs vary by more than the tolerance, or with fewer than 3 seeds. Two measurements
+  of the same nets (``differences``) are judged by their per-net differences, whose spread the nets' cancels.
 * "A is no worse than B" (:func:`no_worse`) HOLDS when A is ahead, level, or behind by at most the larger
   spread and at most the tolerance; DOES NOT HOLD when behind by more than the spread; INCONCLUSIVE in
   between, or with fewer than 3 seeds.
@@ -420,33 +420,38 @@ def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, 
     return Check(claim, INCONCLUSIVE, margin)
 
 
-# How every "alike" rule of two settings trained apart treats noise (:func:`alike`), said in each rule that uses it
+# How every "alike" rule treats noise (:func:`alike`), said in each rule that uses it
 ALIKE_NOISE = ("INCONCLUSIVE when they differ by less but the larger spread is itself above the tolerance (the runs "
                "vary too much to call them alike)")
 
 
 def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, tolerance: float,
-          scale: float = 100.0, unit: str = " points", paired: bool = False) -> Check:
+          scale: float = 100.0, unit: str = " points", differences: Optional[SeedStats] = None) -> Check:
     """"A and B are alike": HOLDS when the means differ by at most ``tolerance`` plus the larger spread and that
     spread is at most ``tolerance``; DOES NOT HOLD when they differ by more; INCONCLUSIVE when the runs vary by
     more than the tolerance (noise that wide could hide a real difference) or with fewer than MIN_SEEDS seeds.
 
-    ``paired``: A and B are two measurements of the same nets (a net's test pass and its sub-networks'
-    average; its accuracy on shifted and unshifted images). Their seed-to-seed spread is shared and cancels in
-    the difference, so it hides nothing there, and only the gap decides (the tolerance plus the spread)."""
+    ``differences``: A and B are two measurements of the same nets (a net's test pass and its sub-networks'
+    average; its accuracy on shifted and unshifted images), and these are A - B per net. The nets' spread is
+    shared by A and B and cancels in their difference, so the rule reads the differences instead: their mean's
+    size against the tolerance plus their spread, and their spread against the tolerance."""
     shown = f"{a_name} {a.text(scale)} vs {b_name} {b.text(scale)}"
-    if min(a.n, b.n) < MIN_SEEDS:
+    seeds = min(a.n, b.n) if differences is None else differences.n
+    if seeds < MIN_SEEDS:
         return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
-    gap = abs(a.mean - b.mean)
-    spread = max(a.std, b.std)
+    if differences is None:
+        gap, spread, which = abs(a.mean - b.mean), max(a.std, b.std), "the larger spread"
+    else:
+        gap, spread, which = abs(differences.mean), differences.std, "the spread of the per-net differences"
+        shown += f", per net {differences.text(scale)}"
     allowed = tolerance + spread
     margin = (f"{shown}: gap {gap * scale:.2f}{unit}, allowed {allowed * scale:.2f} "
-              f"(tolerance {tolerance * scale:.2f} + the larger spread)")
+              f"(tolerance {tolerance * scale:.2f} + {which})")
     if gap > allowed:
         return Check(claim, FAILS, margin)
-    if spread > tolerance + ROUNDING and not paired:  # a spread of exactly the tolerance is within it
-        return Check(claim, INCONCLUSIVE, f"{margin}; the larger spread is above the tolerance: the runs vary too "
-                                          "much to call them alike")
+    if spread > tolerance + ROUNDING:  # a spread of exactly the tolerance is within it
+        return Check(claim, INCONCLUSIVE, f"{margin}; {which} is above the tolerance: the runs vary too much to "
+                                          "call them alike")
     return Check(claim, HOLDS, margin)
 
 

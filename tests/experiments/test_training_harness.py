@@ -163,14 +163,24 @@ def test_no_worse_is_inconclusive_behind_by_more_than_the_tolerance_within_a_wid
     assert no_worse("c", "a", SeedStats((0.1,)), "b", resnet20, tolerance=0.01).verdict == INCONCLUSIVE
 
 
-def test_a_paired_alike_is_not_held_to_the_tolerance_by_the_shared_spread():
+def test_two_measurements_of_the_same_nets_are_judged_by_their_per_net_differences():
     """A net's test pass and its sub-networks' average, per seed: 0.05 points apart on every net, with the nets
-    2 points apart. The spread is the nets', shared by both, and hides nothing in their difference."""
+    2 points apart. The spread is the nets', shared by both: it cancels in their differences, which decide."""
     test_pass, average = SeedStats((0.78, 0.80, 0.82)), SeedStats((0.7805, 0.8005, 0.8205))
     assert alike("c", "test pass", test_pass, "average", average, tolerance=0.01).verdict == INCONCLUSIVE
-    paired = alike("c", "test pass", test_pass, "average", average, tolerance=0.01, paired=True)
-    assert paired.verdict == HOLDS, paired.margin
-    assert alike("c", "a", test_pass, "b", SeedStats((0.9, 0.92, 0.94)), tolerance=0.01, paired=True).verdict == FAILS
+    same_nets = SeedStats((-0.0005, -0.0005, -0.0005))
+    paired = alike("c", "test pass", test_pass, "average", average, tolerance=0.01, differences=same_nets)
+    assert paired.verdict == HOLDS and "the spread of the per-net differences" in paired.margin, paired.margin
+    # every net loses exactly 4 points: the nets' 10-point spread gave that room before, their differences none
+    unshifted, shifted = SeedStats((0.70, 0.80, 0.90)), SeedStats((0.66, 0.76, 0.86))
+    cost = alike("c", "shifted", shifted, "unshifted", unshifted, tolerance=0.01,
+                 differences=SeedStats((-0.04, -0.04, -0.04)))
+    assert cost.verdict == FAILS and "gap 4.00 points, allowed 1.00" in cost.margin, cost.margin
+    noisy = alike("c", "shifted", shifted, "unshifted", unshifted, tolerance=0.01,
+                  differences=SeedStats((0.01, -0.02, 0.01)))  # within, but differences spread 1.7 points
+    assert noisy.verdict == INCONCLUSIVE
+    assert alike("c", "a", test_pass, "b", average, tolerance=0.01,
+                 differences=SeedStats((0.0, 0.0))).verdict == INCONCLUSIVE  # two nets
 
 
 def test_no_worse_says_level_for_equal_means():
