@@ -41,8 +41,8 @@ class LayerStats:
     grad_ratio: Optional[float] = None  # weighted layers: ||dL/dW|| / ||W||, the size of a unit-lr update
     classifier: bool = False  # the final classifier: small by design (logits near 0 at init)
     frozen: bool = False  # a conv or linear layer whose weight does not train (requires_grad off: model.freeze)
-    # a conv or linear layer whose output goes straight into a norm layer that normalises it by the statistics it
-    # computes (BatchNorm in training, GroupNorm, LayerNorm, InstanceNorm): its own scale reaches no later layer
+    # a conv or linear layer whose output feeds only a norm layer that normalises it by the statistics it computes
+    # (BatchNorm in training, GroupNorm, LayerNorm, InstanceNorm): its own scale reaches no later layer
     normalised: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -154,8 +154,8 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         output = model(x)
         logits = output.logits if hasattr(output, "logits") else output
         loss = F.cross_entropy(logits.float(), y)
-        # A layer is normalised when the norm is the only thing its output feeds: a pre-activation ResNet's stem
-        # feeds its first block's norm and, past it, the block's identity shortcut, which carries its scale on
+        # A layer is normalised when the norm is the only use of its output: a pre-activation ResNet's stem feeds
+        # its first block's norm and, past it, the block's identity shortcut, which carries the stem's scale on
         consumers = _consumers(loss.grad_fn)
         for row, node in fed_to_norm:
             row.normalised = node is not None and consumers[node] == 1
