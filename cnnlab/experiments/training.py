@@ -421,8 +421,8 @@ def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, 
 
 
 # How every "alike" rule treats noise (:func:`alike`), said in each rule that uses it
-ALIKE_NOISE = ("INCONCLUSIVE when they differ by less but the larger spread is itself above the tolerance (the runs "
-               "vary too much to call them alike)")
+ALIKE_NOISE = ("INCONCLUSIVE when they differ by less but that spread is itself above the tolerance (the runs vary "
+               "too much to call them alike)")
 
 
 def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, tolerance: float,
