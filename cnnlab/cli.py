@@ -122,9 +122,8 @@ DISTRIBUTED_COMMAND = "train"
 def _options(ctx: typer.Context,
              debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
     _state["debug"] = debug
-    # the environment's settings, before any work: WORLD_SIZE and RANK left set and wrong by a shell or another
-    # launcher, a plot backend matplotlib refuses
-    problem = launch_problem() or _plot_backend_problem()
+    # WORLD_SIZE and RANK left set and wrong by a shell or another launcher, before any work
+    problem = launch_problem()
     if problem:
         raise CnnlabError(problem)
     _refuse_under_torchrun(ctx.invoked_subcommand)
@@ -2533,6 +2532,10 @@ def _missing_glyphs_noted_once():
 
 def _main(argv: Optional[list[str]]) -> None:
     _forget_earlier_signals()
+    # cnnlab draws only to files, with Agg: a backend set for other programs (a GUI one, or one matplotlib does not
+    # know, which it refuses when first imported: a training run failed after its last epoch) is not used here
+    if "MPLBACKEND" in os.environ:
+        os.environ["MPLBACKEND"] = "Agg"
     _tolerant_stdout()
     try:
         args = expand_home(sys.argv[1:] if argv is None else argv)
@@ -2557,8 +2560,8 @@ def _main(argv: Optional[list[str]]) -> None:
         _let_rank_0_report_first()
         if _state["debug"]:
             raise
-        problem = (path_problem(err) or _full_disk_problem(err) or _memory_problem(err, args[:1])
-                   or _library_memory_problem(err))
+        problem = (path_problem(err) or _full_disk_problem(err) or _library_memory_problem(err)
+                   or _memory_problem(err, args[:1]))
         if problem:  # a path the system refused (permissions, a name too long), a full disk, memory: not a bug
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
@@ -2680,36 +2683,22 @@ def _full_disk_problem(err: BaseException) -> str:
 
 
 # torch's CPU allocator refusing an allocation raises a plain RuntimeError; this is its message's own wording
-def _plot_backend_problem() -> str:
-    """The message for an MPLBACKEND that matplotlib refuses at import: every command that draws (train's curves,
-    eval's plots) would fail there, a training run after its last epoch. '' when unset or one matplotlib takes."""
-    value = os.environ.get("MPLBACKEND")
-    if not value:
-        return ""
-    try:
-        import matplotlib  # noqa: F401  (reading MPLBACKEND is part of its import)
-    except ValueError as err:
-        said = " ".join(str(err).split(";")[0].split())[:200]  # the list of backends after ";" runs long
-        return (f"MPLBACKEND={value!r} is not a backend matplotlib knows ({said}), and "
-                "matplotlib, which draws cnnlab's plots to PNG files, refuses to load with it. Unset MPLBACKEND, or "
-                "set it to Agg (cnnlab needs no display).")
-    return ""
-
-
 def _library_memory_problem(err: BaseException) -> str:
-    """The message for a library the system could not map into memory (torch's, under a small `ulimit -v`); ''
-    for any other error."""
+    """The message for a library the system could not map into memory, or memory a module's import could not get
+    (torch's, under a small `ulimit -v`); '' for any other error."""
     text = str(err)
-    if not (isinstance(err, (ImportError, OSError)) and ("failed to map segment" in text
-                                                          or "cannot allocate memory" in text.lower())):
+    loading = any(frame.filename.startswith("<frozen importlib") for frame in traceback.extract_tb(err.__traceback__))
+    if not ((isinstance(err, ImportError) and "failed to map segment" in text)
+            or (isinstance(err, MemoryError) and loading)):  # a MemoryError in a module's code as it is imported
         return ""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     limit = ("no limit is set (ulimit -v), so the machine's free memory is short" if soft == resource.RLIM_INFINITY
              else f"this process may use at most {soft / 2 ** 30:.1f} GiB of address space (ulimit -v {soft // 1024})")
-    return (f"out of memory loading a library ({' '.join(text.split())[:200]}): {limit}, less than torch's libraries "
-            "need to load (a few GiB of address space). Raise the limit (ulimit -v unlimited) or free memory.")
+    what = " ".join(text.split())[:200] or type(err).__name__
+    return (f"out of memory loading the libraries ({what}): {limit}, less than torch's libraries need to load (a "
+            "few GiB of address space). Raise the limit (ulimit -v unlimited) or free memory.")
 
 
 def _memory_problem(err: BaseException, command: Sequence[str] = ()) -> str:

@@ -427,6 +427,7 @@ def test_an_unexpected_error_is_one_line_with_a_pointer_to_debug(cli, monkeypatc
 @pytest.mark.parametrize("env, said", [
     ({"WORLD_SIZE": "x"}, "WORLD_SIZE='x' is not a number of processes"),
     ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' is not a number of processes"),
+    ({"WORLD_SIZE": "²"}, "WORLD_SIZE='²' is not a number of processes"),  # a digit to isdigit(), not to int()
     ({"WORLD_SIZE": "2"}, "but RANK is not set"),  # another launcher's variables, or a shell's leftovers
     ({"WORLD_SIZE": "2", "RANK": "abc"}, "RANK is 'abc', not a process number from 0 to 1"),
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK is '2', not a process number from 0 to 1"),
@@ -442,18 +443,19 @@ def test_torchrun_s_variables_set_wrong_are_refused_in_words(cli, monkeypatch, e
     assert said in err and "torchrun --nproc-per-node N -m cnnlab" in err and "unset WORLD_SIZE" in err
 
 
-def test_a_plot_backend_matplotlib_refuses_is_said_before_any_work():
+def test_a_plot_backend_set_for_other_programs_is_not_used(tmp_path):
     """MPLBACKEND=bogus: a training run trained every epoch, then ended with an internal error at its curves (the
-    run recorded as failed, no report). A fresh process: matplotlib reads MPLBACKEND when first imported."""
+    run recorded as failed, no report). cnnlab draws to files with Agg whatever the variable says. A fresh
+    process: matplotlib reads MPLBACKEND when first imported."""
     import subprocess
     import sys
 
-    env = {**os.environ, "MPLBACKEND": "bogus"}
-    done = subprocess.run([sys.executable, "-m", "cnnlab", "summary", "lenet5"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.startswith("error: MPLBACKEND='bogus' is not a backend matplotlib knows")
-    assert "set it to Agg" in done.stderr and done.stdout == ""
+    for backend in ("bogus", "TkAgg"):
+        out = tmp_path / f"{backend}.png"
+        done = subprocess.run([sys.executable, "-m", "cnnlab", "data", "show", "digits", "--out", str(out)],
+                              capture_output=True, text=True, env={**os.environ, "MPLBACKEND": backend}, timeout=300)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_library_the_memory_limit_cannot_map_is_out_of_memory_not_a_bug(cli, monkeypatch):
@@ -466,8 +468,28 @@ def test_a_library_the_memory_limit_cannot_map_is_out_of_memory_not_a_bug(cli, m
     monkeypatch.setattr(models, "zoo_table", unmappable)
     code, out, err = cli(["models"])
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("error: out of memory loading a library (libtorch_cpu.so: failed to map segment")
+    assert err.startswith("error: out of memory loading the libraries (libtorch_cpu.so: failed to map segment")
     assert "ulimit -v" in err
+
+
+def test_memory_an_import_could_not_get_names_the_limit_not_the_batch_size(cli, monkeypatch, tmp_path):
+    """Under some `ulimit -v` values torch's import raises MemoryError: the advice was to lower the batch size."""
+    import importlib
+    import sys
+
+    from cnnlab import models
+
+    (tmp_path / "greedy_module.py").write_text("raise MemoryError()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(models, "zoo_table", lambda *a, **k: importlib.import_module("greedy_module"))
+    code, out, err = cli(["models"])
+    sys.modules.pop("greedy_module", None)
+    assert code == 2 and err.startswith("error: out of memory loading the libraries (MemoryError)"), err
+    assert "batch size" not in err and "ulimit -v" in err
+    # a MemoryError in the work itself keeps the advice on what to lower
+    monkeypatch.setattr(models, "zoo_table", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    code, out, err = cli(["models"])
+    assert code == 2 and "out of memory (MemoryError)" in err and "loading the libraries" not in err, err
 
 
 def test_a_non_ascii_output_name_under_a_locale_that_is_not_utf8_is_refused_saying_so(tmp_path):
@@ -487,6 +509,18 @@ def test_a_non_ascii_output_name_under_a_locale_that_is_not_utf8_is_refused_sayi
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "reads file names as ascii" in done.stderr and "LC_ALL=C.UTF-8" in done.stderr
     assert "not valid UTF-8" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_the_python_api_refuses_torchrun_s_variables_set_wrong_too(monkeypatch):
+    """Called from Python, a WORLD_SIZE of x or 0 trained as one process without a word."""
+    import torch
+
+    from cnnlab.train.distributed import init_distributed
+
+    for world in ("x", "0"):
+        monkeypatch.setenv("WORLD_SIZE", world)
+        with pytest.raises(CnnlabError, match="is not a number of processes"):
+            init_distributed(torch.device("cpu"))
 
 
 def test_world_size_1_is_one_process(cli, monkeypatch):

@@ -47,7 +47,7 @@ class DistInfo:
 def _whole_number(name: str) -> Optional[int]:
     """The environment variable ``name`` as a whole number of at least 0; None when unset or not one."""
     text = os.environ.get(name, "").strip()
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None  # "²" is a digit int() cannot read
 
 
 def is_main_process() -> bool:
@@ -131,6 +131,9 @@ def joined_process_group() -> bool:
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise. Its
     collectives wait at most :func:`timeout_seconds` for the other ranks."""
+    problem = launch_problem()  # checked by the command line first; again for a caller of the Python API
+    if problem:
+        raise CnnlabError(problem)
     world = launched_processes()
     if world <= 1:
         return DistInfo()
@@ -140,9 +143,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=timeout_seconds())  # checked before any process waits for another
-    problem = launch_problem()  # checked by the command line first; again for a caller of the Python API
-    if problem:
-        raise CnnlabError(problem)
     info = DistInfo(rank=_whole_number("RANK") or 0, world=world, local_rank=_whole_number("LOCAL_RANK") or 0)
     if device.type == "cuda":
         # One GPU per process: "cuda" (no index) then means this rank's GPU, for tensors and for DDP.
