@@ -2682,7 +2682,6 @@ def _full_disk_problem(err: BaseException) -> str:
             f"written. {PATH_ERRORS[errno.ENOSPC]}.")
 
 
-# torch's CPU allocator refusing an allocation raises a plain RuntimeError; this is its message's own wording
 def _library_memory_problem(err: BaseException) -> str:
     """The message for a library the system could not map into memory, or memory a module's import could not get
     (torch's, under a small `ulimit -v`); '' for any other error."""
@@ -2701,6 +2700,7 @@ def _library_memory_problem(err: BaseException) -> str:
             "few GiB of address space). Raise the limit (ulimit -v unlimited) or free memory.")
 
 
+# torch's CPU allocator refusing an allocation raises a plain RuntimeError; this is its message's own wording
 def _memory_problem(err: BaseException, command: Sequence[str] = ()) -> str:
     """The message for memory the machine or the GPU could not give (a batch or an image size too large for it:
     :func:`cnnlab.errors.is_out_of_memory`); '' for any other error. ``command``: the command's first word, whose

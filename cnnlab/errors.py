@@ -9,8 +9,8 @@ traceback.
 import codecs
 import json
 import math
-import os
 import numbers
+import os
 import re
 import sys
 import unicodedata
