@@ -450,12 +450,15 @@ def just_use_relu_check(outcomes: list[RunOutcome], chance: float) -> Check:
 
 
 def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path]:
+    # a setting some of whose seeds diverged is named so: its curves and bars are the mean of the others only
+    label = {row["setting"]: row["setting"] + (f" ({row['diverged']} of {row['diverged'] + row['seeds']} diverged)"
+                                               if row.get("diverged") else "") for row in rows}
     loss, val, loss_bands, val_bands = {}, {}, {}, {}
     for name in ACT_SPECS:
         epochs, means, stds = mean_curve(outcomes, name, "train_loss")
-        loss[name], loss_bands[name] = (epochs, means), stds
+        loss[label[name]], loss_bands[label[name]] = (epochs, means), stds
         epochs, means, stds = mean_curve(outcomes, name, "val_acc")
-        val[name], val_bands[name] = (epochs, means), stds
+        val[label[name]], val_bands[label[name]] = (epochs, means), stds
     loss_panel, val_panel = "training loss (mean over seeds)", "val accuracy"
     curves = line_plot(out / "activations_by_epoch.png",
                        "ReLU converges faster than sigmoid and tanh (note 002: 'just use ReLU')",
@@ -467,7 +470,7 @@ def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path
 
     bars = bar_plot(out / "activations_bars.png",
                     "Final accuracy, dead units and saturation per activation (note 002: 'just use ReLU')",
-                    [row["setting"] for row in rows],
+                    [label[row["setting"]] for row in rows],
                     {"test accuracy (mean over seeds)": {"test": column("test_acc_mean")},
                      "share of units (fixed batch, last weights)": {
                          "dead: output 0 on every image": column("dead_share_mean"),

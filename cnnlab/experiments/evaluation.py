@@ -90,10 +90,11 @@ def _recipe(ctx: RunContext, data: dict[str, Any], epochs: int, schedule: Option
     return experiment_config(ctx.data, sections)
 
 
-def _train(ctx: RunContext, setting: str, config: RunConfig, seed: int) -> RunOutcome:
+def _train(ctx: RunContext, setting: str, config: RunConfig, seed: int, evaluate: bool = True) -> RunOutcome:
     """One run at ``train.seed = seed`` in OUT/runs/SETTING/seedSEED (trained, resumed or read back). A caller
-    that makes several declares their total first (``ctx.runs.plan``), for the runs' "run 3 of 12"."""
-    return train_settings(ctx, {setting: config}, seeds=[seed])[0]
+    that makes several declares their total first (``ctx.runs.plan``), for the runs' "run 3 of 12". ``evaluate``:
+    score the best checkpoint on test for the run's line (:func:`cnnlab.experiments.training.train_or_read`)."""
+    return train_settings(ctx, {setting: config}, seeds=[seed], evaluate=evaluate)[0]
 
 
 def _points(value: float) -> str:
@@ -209,8 +210,10 @@ def run_ensemble_experiment(ctx: RunContext) -> ExperimentResult:
     ctx.runs.plan(ctx.seeds * (members + 1))  # per replicate N members and the cyclic run, one _train call each
     for replicate in range(ctx.seeds):
         seeds = [SEED_STRIDE * replicate + j for j in range(members)]
-        outcomes = [_train(ctx, INDEPENDENT, member_config, seed) for seed in seeds]
-        cyclic = _train(ctx, CYCLIC, cyclic_config, seeds[0])
+        # The ensembles take each member's last weights and the cyclic run's snapshots: a run's line shows its
+        # validation accuracy, not its best checkpoint's test accuracy, which the table has nowhere
+        outcomes = [_train(ctx, INDEPENDENT, member_config, seed, evaluate=False) for seed in seeds]
+        cyclic = _train(ctx, CYCLIC, cyclic_config, seeds[0], evaluate=False)
         runs += [Path(o.run_dir) for o in outcomes] + [Path(cyclic.run_dir)]
         trained += outcomes + [cyclic]
         if any(o.status == DIVERGED for o in outcomes + [cyclic]):

@@ -292,3 +292,25 @@ def test_relu_the_best_or_ahead_holds_whatever_the_spread():
     assert "(relu)" in check.claim and check.verdict == HOLDS and "best by validation itself" in check.margin
     ahead = just_use_relu_check(runs("relu", 0.8, (0.85, 0.87, 0.885)) + runs("elu", 0.9, (0.85, 0.862, 0.875)), 0.1)
     assert "(elu)" in ahead.claim and ahead.verdict == HOLDS and "ReLU is not behind" in ahead.margin, ahead.margin
+
+
+def test_the_plots_name_a_setting_some_of_whose_seeds_diverged(tmp_path, monkeypatch):
+    """ELU on one surviving seed of three was drawn as a bar like any other, SELU with every seed diverged as an
+    empty slot: the labels say how many seeds diverged."""
+    from cnnlab.experiments import activations
+    from cnnlab.experiments.training import DIVERGED, TRAINED, RunOutcome, summary_rows
+
+    def runs(name, diverged):
+        return [RunOutcome(name, seed, f"runs/{name}/seed{seed}", DIVERGED if seed < diverged else TRAINED,
+                           val_acc=None if seed < diverged else 0.9, test_acc=None if seed < diverged else 0.9)
+                for seed in range(3)]
+
+    outcomes = [run for name in ACT_SPECS for run in runs(name, {"elu": 2, "selu": 3}.get(name, 0))]
+    rows = summary_rows(outcomes, list(ACT_SPECS), ["train_loss", "val_acc", "test_acc"])
+    seen = {}
+    monkeypatch.setattr(activations, "line_plot", lambda path, title, panels, **kw: seen.setdefault("curves", panels))
+    monkeypatch.setattr(activations, "bar_plot", lambda path, title, labels, panels: seen.setdefault("bars", labels))
+    activations._plots(tmp_path, outcomes, rows)
+    assert "elu (2 of 3 diverged)" in seen["bars"] and "selu (3 of 3 diverged)" in seen["bars"]
+    assert "relu" in seen["bars"]
+    assert "elu (2 of 3 diverged)" in next(iter(seen["curves"].values()))

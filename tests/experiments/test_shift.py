@@ -123,3 +123,13 @@ def test_data_with_too_few_images_per_class_is_refused(cli, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert "training images" in err and "20 per class" in err
     assert not (tmp_path / "x" / "runs").exists()
+
+
+def test_a_pool_s_margin_shows_enough_digits_to_read_its_verdict():
+    """A lead of 0.052 over the minimum margin 0.05 read "ahead by +0.05, needed more than 0.05" beside HOLDS."""
+    from cnnlab.experiments.shift import pool_checks
+
+    measured = [{"pools": [{"pool": 2, "rel_change_after": after, "rel_change_before": before}]}
+                for after, before in ((0.27, 0.322), (0.28, 0.332), (0.29, 0.342))]
+    (check,) = pool_checks(measured)
+    assert check.verdict == HOLDS and "ahead by +0.052, needed more than 0.050" in check.margin, check.margin
