@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import resource  # imported here: a memory limit too small to load torch may be too small for it later
 import shlex
 import sys
 import traceback
@@ -2530,12 +2531,28 @@ def _missing_glyphs_noted_once():
         yield
 
 
-def _main(argv: Optional[list[str]]) -> None:
-    _forget_earlier_signals()
-    # cnnlab draws only to files, with Agg: a backend set for other programs (a GUI one, or one matplotlib does not
-    # know, which it refuses when first imported: a training run failed after its last epoch) is not used here
-    if "MPLBACKEND" in os.environ:
+@contextlib.contextmanager
+def _agg_backend(caller: bool):
+    """cnnlab draws only to files, with Agg: a backend set for other programs (a GUI one, or one matplotlib does
+    not know, which it refuses when first imported: a training run failed after its last epoch) is not used here.
+    ``caller``: main() was called from a program's own process, which gets its setting back."""
+    backend = os.environ.get("MPLBACKEND")
+    if backend is not None:
         os.environ["MPLBACKEND"] = "Agg"
+    try:
+        yield
+    finally:
+        if backend is not None and caller:
+            os.environ["MPLBACKEND"] = backend
+
+
+def _main(argv: Optional[list[str]]) -> None:
+    with _agg_backend(caller=argv is not None):
+        _run(argv)
+
+
+def _run(argv: Optional[list[str]]) -> None:
+    _forget_earlier_signals()
     _tolerant_stdout()
     try:
         args = expand_home(sys.argv[1:] if argv is None else argv)
@@ -2686,12 +2703,12 @@ def _library_memory_problem(err: BaseException) -> str:
     """The message for a library the system could not map into memory, or memory a module's import could not get
     (torch's, under a small `ulimit -v`); '' for any other error."""
     text = str(err)
-    loading = any(frame.filename.startswith("<frozen importlib") for frame in traceback.extract_tb(err.__traceback__))
+    # a module's top-level code runs as "<module>"; importlib's own frames stay only for errors raised inside it
+    loading = any(frame.name == "<module>" or frame.filename.startswith("<frozen importlib")
+                  for frame in traceback.extract_tb(err.__traceback__))
     if not ((isinstance(err, ImportError) and "failed to map segment" in text)
             or (isinstance(err, MemoryError) and loading)):  # a MemoryError in a module's code as it is imported
         return ""
-    import resource
-
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     limit = ("no limit is set (ulimit -v), so the machine's free memory is short" if soft == resource.RLIM_INFINITY
              else f"this process may use at most {soft / 2 ** 30:.1f} GiB of address space (ulimit -v {soft // 1024})")

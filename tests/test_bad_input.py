@@ -458,6 +458,12 @@ def test_a_plot_backend_set_for_other_programs_is_not_used(tmp_path):
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_program_calling_main_gets_its_plot_backend_back(cli, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "TkAgg")
+    code, out, err = cli(["summary", "lenet5"])
+    assert code == 0 and os.environ["MPLBACKEND"] == "TkAgg"
+
+
 def test_a_library_the_memory_limit_cannot_map_is_out_of_memory_not_a_bug(cli, monkeypatch):
     """Under `ulimit -v` below what torch's libraries need, loading them was an internal error."""
     from cnnlab import models
@@ -479,13 +485,18 @@ def test_memory_an_import_could_not_get_names_the_limit_not_the_batch_size(cli, 
 
     from cnnlab import models
 
-    (tmp_path / "greedy_module.py").write_text("raise MemoryError()\n")
+    (tmp_path / "greedy_module.py").write_text("def grow():\n    raise MemoryError()\n\n\ngrow()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(models, "zoo_table", lambda *a, **k: importlib.import_module("greedy_module"))
-    code, out, err = cli(["models"])
-    sys.modules.pop("greedy_module", None)
-    assert code == 2 and err.startswith("error: out of memory loading the libraries (MemoryError)"), err
-    assert "batch size" not in err and "ulimit -v" in err
+
+    def import_statement(*args, **kwargs):
+        import greedy_module  # noqa: F401  (an import statement keeps no importlib frame in the traceback)
+
+    for load in (lambda *a, **k: importlib.import_module("greedy_module"), import_statement):
+        monkeypatch.setattr(models, "zoo_table", load)
+        code, out, err = cli(["models"])
+        sys.modules.pop("greedy_module", None)
+        assert code == 2 and err.startswith("error: out of memory loading the libraries (MemoryError)"), err
+        assert "batch size" not in err and "ulimit -v" in err
     # a MemoryError in the work itself keeps the advice on what to lower
     monkeypatch.setattr(models, "zoo_table", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     code, out, err = cli(["models"])
