@@ -39,6 +39,10 @@ class LayerStats:
     dead: Optional[float] = None  # ReLU-like: share of units (channel x position) zero for every image
     saturated: Optional[float] = None  # tanh/sigmoid: share of outputs within SATURATION_MARGIN of a bound
     grad_ratio: Optional[float] = None  # weighted layers: ||dL/dW|| / ||W||, the size of a unit-lr update
+    # weighted layers: ||dL/dW|| * ||W||, the gradient on the weight's direction. For a layer whose output a norm
+    # rescales, L(cW) = L(W), so ||dL/dW|| goes as 1/||W|| and grad_ratio as 1/||W||^2: the init's scale, not the
+    # backward signal; this product cancels it (a plain-110's vanishing gradient still shows)
+    direction_grad: Optional[float] = None
     classifier: bool = False  # the final classifier: small by design (logits near 0 at init)
     frozen: bool = False  # a conv or linear layer whose weight does not train (requires_grad off: model.freeze)
     # a conv or linear layer whose output feeds only a norm layer that normalises it by the statistics it computes
@@ -130,7 +134,7 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             if isinstance(module, RELU_LIKE) and out.dim() >= 2:
                 # A unit is dead for this batch when no image activates it: (B, C, H, W) -> (C, H, W)
                 row.dead = (out <= 0).all(dim=0).float().mean().item()
-            if isinstance(module, SATURATING):
+            if isinstance(module, SATURATING) and not isinstance(module, RELU_LIKE):  # ReLU6 is a Hardtanh
                 row.saturated = _saturated_share(module, out)
             rows.append(row)
             by_module.setdefault(module, row)
@@ -169,6 +173,8 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for module, row in by_module.items():
         if isinstance(module, WEIGHTED) and module.weight.grad is not None:
             weight_norm = module.weight.detach().norm().item()
-            row.grad_ratio = module.weight.grad.norm().item() / max(weight_norm, 1e-12)
+            grad_norm = module.weight.grad.norm().item()
+            row.grad_ratio = grad_norm / max(weight_norm, 1e-12)
+            row.direction_grad = grad_norm * weight_norm
     model.zero_grad(set_to_none=True)
     return rows

@@ -146,6 +146,30 @@ def test_a_constant_reference_layer_is_flagged():
     assert result.verdict == "FAIL" and "activations are constant at 2" in result.summary, result.summary
 
 
+@pytest.mark.parametrize("name, flagged", [("resnet50", False), ("densenet121", False), ("plain56", True)])
+def test_layers_a_norm_follows_are_compared_on_their_weights_directions(name, flagged):
+    """Behind a norm, ||dL/dW|| / ||W|| goes as 1/||W||^2: a ResNet-50 at its He init spread 2.2e4x (FAIL for
+    resnet101) from its channel widths alone. ||dL/dW|| x ||W|| cancels the init's scale and still shows a deep
+    plain net's vanishing gradient (plain-56: 1.5e3x, plain-110 1.5e7x)."""
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1)
+    rows = layer_statistics(model, torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,)))
+    result = judge_statistics(rows)
+    assert ("gradients on the weights' directions" in result.summary) == flagged, result.summary
+    assert "relative gradients differ" not in result.summary, result.summary
+
+
+def test_relu6_is_a_relu_not_a_saturating_unit():
+    """ReLU6 is a Hardtanh to torch: its outputs above 0.98 were counted as saturated tanh outputs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU6(), nn.Linear(64, 10))
+    rows = layer_statistics(model, 4 * torch.randn(64, 32), torch.randint(0, 10, (64,)))
+    relu6 = next(r for r in rows if r.kind == "ReLU6")
+    assert relu6.saturated is None and relu6.dead is not None
+
+
 def test_the_summary_speaks_of_the_unit_kinds_the_model_has():
     # A tanh network has no unit that can die: "dead ReLU units up to 0%" said nothing true about it
     xavier_tanh = stats_verdict(deep_tanh(math.sqrt(1.0 / 256) * 5 / 3)).summary
