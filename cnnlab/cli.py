@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import resource  # imported here: a memory limit too small to load torch may be too small for it later
 import shlex
 import sys
 import traceback
@@ -25,6 +24,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+try:  # here: a memory limit too small to load torch may be too small to import it later; absent on Windows
+    import resource
+except ImportError:
+    resource = None
 
 from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import (CPU_ALLOCATION_REFUSED, BatchOfOneError, CnnlabError, counted, display_name, is_out_of_memory,
@@ -1450,7 +1454,8 @@ def check_cmd(
 
 def _layer_table(rows: list[dict]) -> Table:
     table = Table(title="activations and gradients at initialisation (one batch)")
-    for column in ("layer", "kind", "mean", "std", "dead", "saturated", "|dW|/|W|"):
+    # |dW|x|W| for the layers a norm follows: the measure check 2 compares them on (LayerStats.direction_grad)
+    for column in ("layer", "kind", "mean", "std", "dead", "saturated", "|dW|/|W|", "|dW|x|W| (norm follows)"):
         table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
 
     def share(value):
@@ -1458,8 +1463,10 @@ def _layer_table(rows: list[dict]) -> Table:
 
     for row in rows:
         grad = "" if row["grad_ratio"] is None else f"{row['grad_ratio']:.3g}"
+        direction = (f"{row['direction_grad']:.3g}" if row.get("normalised") and row.get("direction_grad") is not None
+                     else "")
         table.add_row(row["name"], row["kind"], f"{row['mean']:.3g}", f"{row['std']:.3g}", share(row["dead"]),
-                      share(row["saturated"]), grad)
+                      share(row["saturated"]), grad, direction)
     return table
 
 
@@ -2535,7 +2542,8 @@ def _missing_glyphs_noted_once():
 def _agg_backend(caller: bool):
     """cnnlab draws only to files, with Agg: a backend set for other programs (a GUI one, or one matplotlib does
     not know, which it refuses when first imported: a training run failed after its last epoch) is not used here.
-    ``caller``: main() was called from a program's own process, which gets its setting back."""
+    ``caller``: main() was given its arguments, as a program calling it in its own process gives them; that
+    program gets its setting back."""
     backend = os.environ.get("MPLBACKEND")
     if backend is not None:
         os.environ["MPLBACKEND"] = "Agg"
@@ -2709,9 +2717,13 @@ def _library_memory_problem(err: BaseException) -> str:
     if not ((isinstance(err, ImportError) and "failed to map segment" in text)
             or (isinstance(err, MemoryError) and loading)):  # a MemoryError in a module's code as it is imported
         return ""
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    limit = ("no limit is set (ulimit -v), so the machine's free memory is short" if soft == resource.RLIM_INFINITY
-             else f"this process may use at most {soft / 2 ** 30:.1f} GiB of address space (ulimit -v {soft // 1024})")
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0] if resource is not None else None
+    if soft is None:
+        limit = "the machine's free memory (or this process's limit on it) is short"
+    elif soft == resource.RLIM_INFINITY:
+        limit = "no limit is set (ulimit -v), so the machine's free memory is short"
+    else:
+        limit = f"this process may use at most {soft / 2 ** 30:.1f} GiB of address space (ulimit -v {soft // 1024})"
     what = " ".join(text.split())[:200] or type(err).__name__
     return (f"out of memory loading the libraries ({what}): {limit}, less than torch's libraries need to load (a "
             "few GiB of address space). Raise the limit (ulimit -v unlimited) or free memory.")

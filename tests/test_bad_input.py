@@ -897,3 +897,12 @@ def test_another_runtime_error_is_still_an_internal_error(cli, monkeypatch, tmp_
     monkeypatch.setattr(engine, "train", train)
     code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--out", str(tmp_path / "run")])
     assert code == 1 and err.startswith("internal error: RuntimeError: mat1 and mat2") and "out of memory" not in err
+
+
+def test_a_library_memory_message_without_the_resource_module(monkeypatch):
+    """`resource` is absent on Windows: imported at the top of the command line, it stopped every command there."""
+    import cnnlab.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "resource", None)
+    said = cli_module._library_memory_problem(ImportError("libtorch_cpu.so: failed to map segment from shared object"))
+    assert said.startswith("out of memory loading the libraries") and "free memory" in said

@@ -159,6 +159,35 @@ def _units_text(rows: list[LayerStats]) -> str:
     return ", ".join(parts) or "no ReLU, tanh or sigmoid units to check for dead or saturated outputs"
 
 
+def _gradient_spreads(weighted: list[LayerStats], compared: list[LayerStats], th: CheckThresholds,
+                      flags: list[tuple[str, str]]) -> str:
+    """The summary's words on how far the layers' gradients differ, each kind of layer on its own measure, with a
+    flag added to ``flags`` per measure past its thresholds.
+
+    The layers a norm follows are compared on their weights' directions (LayerStats.direction_grad): their
+    relative gradients go as 1/||W||^2 and spread 10^4x over a ResNet-50 at a correct init (a 3-channel stem
+    against 2048-channel 1x1 convs), which says nothing of the backward signal."""
+    parts = []
+    for group, value, label in ((compared, lambda r: r.grad_ratio, "relative gradient spread"),
+                                ([r for r in weighted if r.normalised], lambda r: r.direction_grad,
+                                 "gradient spread on the weights' directions (||dL/dW|| x ||W||) of the layers a "
+                                 "norm follows")):
+        group = [r for r in group if value(r) is not None]
+        if not group:
+            continue
+        low, high = min(group, key=value), max(group, key=value)
+        if value(low) <= 0:  # a layer whose weights are all zero, behind a norm: it computes nothing to move
+            parts.append(f"{label} unbounded ({low.name}'s weights are all zero)")
+            flags.append(("FAIL", f"{label} unbounded: {low.name}'s weights are all zero"))
+            continue
+        spread = value(high) / value(low)
+        parts.append(f"{label} {spread:.3g}x")
+        if spread >= th.grad_spread_warn:
+            flags.append(("FAIL" if spread >= th.grad_spread_fail else "WARN",
+                          f"{label}: {spread:.3g}x between layers ({low.name} smallest, {high.name} largest)"))
+    return "; ".join(parts) or "no gradient spread to compare"
+
+
 def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThresholds(),
                      loaded_from: Optional[str] = None) -> CheckResult:
     """Flags vanishing/exploding activations, dead ReLUs, saturated units and gradient spread.
@@ -220,30 +249,13 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     ratios = [r.grad_ratio for r in weighted]
     if any(not math.isfinite(g) for g in ratios):
         flags.append(("FAIL", "non-finite gradients at initialisation"))
-        spread = math.inf
+        gradients = "relative gradient spread unbounded (a layer gets a non-finite gradient)"
     elif min(ratios) <= 0:
         zero = [r.name for r in weighted if r.grad_ratio <= 0]
         flags.append(("FAIL", f"no gradient reaches {', '.join(zero[:3])}{' ...' if len(zero) > 3 else ''}"))
-        spread = math.inf
+        gradients = "relative gradient spread unbounded (a layer gets no gradient)"
     else:
-        # The layers a norm follows are compared on their weights' directions (LayerStats.direction_grad): their
-        # relative gradients go as 1/||W||^2 and spread 10^4x over a ResNet-50 at a correct init (a 3-channel stem
-        # against 2048-channel 1x1 convs), which says nothing of the backward signal
-        spread = 0.0
-        for group, value, words in ((compared, lambda r: r.grad_ratio, "relative gradients"),
-                                    ([r for r in weighted if r.normalised], lambda r: r.direction_grad,
-                                     "gradients on the weights' directions (||dL/dW|| x ||W||) of the layers a norm "
-                                     "follows")):
-            group = [r for r in group if value(r) is not None]
-            if not group:
-                continue
-            low, high = min(group, key=value), max(group, key=value)
-            group_spread = value(high) / value(low)
-            spread = max(spread, group_spread)
-            if group_spread >= th.grad_spread_warn:
-                flags.append(("FAIL" if group_spread >= th.grad_spread_fail else "WARN",
-                              f"{words} differ {group_spread:.3g}x between layers ({low.name} smallest, {high.name} "
-                              "largest)"))
+        gradients = _gradient_spreads(weighted, compared, th, flags)
     stds = [r.extra["std_vs_first"] for r in compared if "std_vs_first" in r.extra]
     if not compared:
         scales = "each feeds a norm that sets its scale, so no activation std is compared"
@@ -253,10 +265,8 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
         scales = f"activation std not comparable ({first} is " + ("0)" if reference == 0 else "not finite)")
     if compared and normalised:
         scales += f" ({normalised} that feed a norm, which sets their scale, left out)"
-    spread_text = (f"{spread:.3g}x" if math.isfinite(spread) else
-                   "unbounded (a layer gets no gradient or a non-finite one)")
     layers = f"{len(weighted)} weighted layers" + (f" that train ({len(frozen)} frozen, left out)" if frozen else "")
-    summary = f"{layers}: {scales}, {_units_text(rows)}, relative gradient spread {spread_text}"
+    summary = f"{layers}: {scales}, {_units_text(rows)}, {gradients}"
     if loaded_from is not None:
         summary = f"{summary} (of the network loaded from {loaded_from}, not of a fresh init)"
     verdict = _worst(v for v, _ in flags)
