@@ -57,7 +57,8 @@ class CheckThresholds:
     dead_fail: float = 0.9
     saturated_warn: float = 0.3  # share of tanh/sigmoid outputs within 1% of a bound (gradient ~0)
     saturated_fail: float = 0.7
-    grad_spread_warn: float = 1e3  # max / min over weighted layers of ||dL/dW|| / ||W||
+    # max / min over the weighted layers of ||dL/dW|| / ||W|| (over those a norm follows, of ||dL/dW|| x ||W||)
+    grad_spread_warn: float = 1e3
     grad_spread_fail: float = 1e5
 
 
