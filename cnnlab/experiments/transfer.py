@@ -314,8 +314,9 @@ def _plot(path: Path, ladders: dict[str, Any], specs: dict[str, str], seeds: int
         axis.set_xticks(result.sizes, [str(size) for size in result.sizes])
         axis.set_xlabel("training images per class")
         axis.set_ylabel(f"{result.metric_split} accuracy (%), mean ± std over {counted(seeds, 'seed')}")
-        cells = "; ".join(f"{v.size} per class: {v.lecture}" for v in result.verdicts if v.lecture)
-        axis.set_title(f"{target} data: {specs[target]}\nthe notes: {cells or 'one size only, no cell of the table'}",
+        # one cell a line: on one line the different target's two cells ran past the panel ("... or train from s")
+        cells = "\n".join(f"{v.size} per class: {v.lecture}" for v in result.verdicts if v.lecture)
+        axis.set_title(f"{target} data: {specs[target]}\nthe notes:\n{cells or 'one size only, no cell of the table'}",
                        fontsize=8, parse_math=False)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)

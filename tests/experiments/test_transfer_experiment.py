@@ -234,3 +234,31 @@ def test_a_diverged_source_is_refused_in_one_paragraph(tmp_path, monkeypatch, pu
     with pytest.raises(CnnlabError, match=f"diverged .* so there is nothing to {purpose}. Delete that folder"):
         transfer.train_source(ctx, 10, 6, purpose)
     assert said == ["source: lenet5 on digits classes 0-4"]  # what was to train; no run line for a refused source
+
+
+def test_the_plot_s_panel_titles_fit_the_figure(tmp_path, monkeypatch):
+    """The different target's two cells on one title line ran past the panel: "... or train from s"."""
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    seen = {}
+
+    def keep(figure, path, what):
+        seen["figure"] = figure
+        return path
+
+    monkeypatch.setattr("cnnlab.io.save_png", keep)
+    summary = table({10: rungs((0.85, 0.03), (0.86, 0.02), (0.83, 0.02), (0.70, 0.02)),
+                     100: rungs((0.95, 0.01), (0.90, 0.01), (0.91, 0.01), (0.95, 0.01))})
+    ladders = {target: SimpleNamespace(table=summary, sizes=[10, 100], metric_split="test",
+                                       verdicts=ladder.verdicts(summary, [10, 100], target))
+               for target in ("similar", "different")}
+    experiment._plot(tmp_path / "t.png", ladders, {"similar": "fashion-mnist classes 5-9", "different": "digits"}, 3)
+    figure: Figure = seen["figure"]
+    renderer = figure.canvas.get_renderer()
+    width = figure.bbox.width
+    for axis in figure.axes:
+        box = axis.title.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= width, (axis.get_title(), box, width)
+    assert "or train from scratch" in figure.axes[1].get_title()
