@@ -211,11 +211,6 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
                            {"layers": [asdict(r) for r in rows], "flags": [], "frozen": frozen})
     if not weighted:
         return CheckResult("init_statistics", "WARN", "no conv or linear layer found", "", {"layers": []})
-    if weighted[0].std == 0:
-        # every output of the first weighted layer is the same number (zero weights): the signal carries nothing
-        # from the images from here on, whether a norm follows or not
-        flags.append(("FAIL", f"activations are constant at {weighted[0].name} (std 0 at init): the layers after it "
-                              "see no difference between images"))
     # The scale the init gives a layer matters where the next layer sees it: a conv whose output feeds only a
     # BatchNorm (in training), GroupNorm or LayerNorm hands on the norm's unit scale, whatever its own (a ResNet's
     # convs after the stem read normalised maps and sit 10-30x above the 1-channel stem's output). Those are not
@@ -225,9 +220,12 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     reference = compared[0].std if compared else math.nan
     first = "the first layer's" if compared and compared[0] is weighted[0] else (
         f"{compared[0].name}'s (the first layer compared)" if compared else "")
-    if reference == 0 and compared[0] is not weighted[0]:  # the first layer's own constant output is flagged above
-        flags.append(("FAIL", f"activations are constant at {compared[0].name} (std 0 at init): the layers after it "
-                              "see no difference between images"))
+    # The first weighted layer, and the first compared (the reference) where that is another: every output the same
+    # number (zero weights) carries nothing from the images from here on, whether a norm follows or not
+    for layer in [weighted[0]] + [r for r in compared[:1] if r is not weighted[0]]:
+        if layer.std == 0:
+            flags.append(("FAIL", f"activations are constant at {layer.name} (std 0 at init): the layers after it see "
+                                  "no difference between images"))
     for row in rows:
         if not (math.isfinite(row.mean) and math.isfinite(row.std)):
             flags.append(("FAIL", f"{row.name} outputs non-finite values"))
